@@ -113,17 +113,22 @@ def first_bad_step(traj, dt):
         raise UserError(f"the state blew up at step {step} (t={step * dt:.4g})")
 
 
-def integrate(u0, nsteps, dt, forcing):
-    """Trajectory (*u0.shape, nsteps+1) of RK4 steps from u0; any batch shape."""
+def integrate(u0, nsteps, dt, forcing, every=1):
+    """Trajectory (*u0.shape, nsteps // every + 1) of RK4 steps from u0.
+
+    Works for any batch shape; with ``every > 1`` only every ``every``-th state is
+    kept, which saves memory for large ensembles.
+    """
     u0 = np.asarray(u0, dtype=float)
     ne = u0.shape[0]
-    out = np.empty(u0.shape + (nsteps + 1,))
+    out = np.empty(u0.shape + (nsteps // every + 1,))
     out[..., 0] = u = u0
     with np.errstate(over="ignore", invalid="ignore"):
         for k in range(1, nsteps + 1):
             u = rk4(ne, dt, u, forcing)
-            out[..., k] = u
-    first_bad_step(out, dt)
+            if k % every == 0:
+                out[..., k // every] = u
+    first_bad_step(out, dt * every)
     return out
 
 
