@@ -26,6 +26,9 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up quiet
+os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")  # same seed, same trained model
+
 # %% Shared settings: the one source of truth for the generator and all experiments
 
 NE = 40  # number of Lorenz-96 variables
@@ -105,15 +108,15 @@ def check_finite(u, step, dt):
         raise UserError(f"the state blew up at step {step} (t={step * dt:.4g})")
 
 
-def first_bad_step(traj, dt):
+def first_bad_step(traj, dt, every=1):
     """Raise a UserError at the first time index where a trajectory is not finite."""
     bad = ~(np.abs(traj) <= 1e8)
     if bad.any():
-        step = int(np.argmax(bad.reshape(-1, traj.shape[-1]).any(0)))
+        step = every * int(np.argmax(bad.reshape(-1, traj.shape[-1]).any(0)))
         raise UserError(f"the state blew up at step {step} (t={step * dt:.4g})")
 
 
-def integrate(u0, nsteps, dt, forcing, every=1):
+def integrate(u0, nsteps, dt, forcing, every=1, dtype=float):
     """Trajectory (*u0.shape, nsteps // every + 1) of RK4 steps from u0.
 
     Works for any batch shape; with ``every > 1`` only every ``every``-th state is
@@ -121,14 +124,14 @@ def integrate(u0, nsteps, dt, forcing, every=1):
     """
     u0 = np.asarray(u0, dtype=float)
     ne = u0.shape[0]
-    out = np.empty(u0.shape + (nsteps // every + 1,))
+    out = np.empty(u0.shape + (nsteps // every + 1,), dtype=dtype)
     out[..., 0] = u = u0
     with np.errstate(over="ignore", invalid="ignore"):
         for k in range(1, nsteps + 1):
             u = rk4(ne, dt, u, forcing)
             if k % every == 0:
                 out[..., k // every] = u
-    first_bad_step(out, dt * every)
+    first_bad_step(out, dt, every)
     return out
 
 
@@ -178,6 +181,817 @@ def cycle(x0, nt, nf, step, analyse, record, dt=1.0):
                 check_finite(out[..., k], k, dt)
     check_finite(out[..., -1], nt, dt)
     return out
+
+
+# %% Command line, configuration echo and error reporting
+
+
+def _option_type(value):
+    """The argparse (type, nargs) that parses a hyperparameter's default value."""
+    if isinstance(value, (tuple, list)):
+        return type(value[0]) if value else int, "+"
+    return type(value), None
+
+
+def parse_config(script_globals, argv=None):
+    """Read the script's UPPER_CASE hyperparameters, with shell overrides applied.
+
+    Every UPPER_CASE int, float, str, bool or tuple in ``script_globals`` becomes an
+    option (``EPOCHS`` -> ``--epochs``), as do the shared settings of ``Settings``,
+    ``--data`` and ``--out``. Returns an ``argparse.Namespace`` with lowercase names
+    and a ``settings`` attribute.
+    """
+    script = os.path.splitext(os.path.basename(script_globals["__file__"]))[0]
+    parser = argparse.ArgumentParser(
+        prog=f"{script}.py",
+        description=(script_globals.get("__doc__") or "").split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    options = {f.name.upper(): f.default for f in fields(Settings)}
+    options.update(
+        (name, value)
+        for name, value in script_globals.items()
+        if name.isupper() and isinstance(value, (int, float, str, tuple, list))
+    )
+    for name, value in options.items():
+        flag = "--" + name.lower().replace("_", "-")
+        if isinstance(value, bool):
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=value
+            )
+            continue
+        kind, nargs = _option_type(value)
+        parser.add_argument(flag, type=kind, nargs=nargs, default=value, metavar=name)
+    parser.add_argument("--data", default=script_globals.get("DATA", DATA_FILE))
+    parser.add_argument("--out", default=os.path.join("results", script))
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    config = parser.parse_args(argv)
+    config.script = script
+    config.settings = Settings(
+        **{f.name: getattr(config, f.name) for f in fields(Settings)}
+    ).validate()
+    return config
+
+
+def echo_config(config):
+    """Print the configuration on one line."""
+    shown = {k: v for k, v in vars(config).items() if k not in ("settings", "script")}
+    print(f"{config.script}: " + " ".join(f"{k}={v}" for k, v in shown.items()))
+
+
+def config_dict(config):
+    """The configuration as JSON-ready values."""
+    out = {k: v for k, v in vars(config).items() if k != "settings"}
+    out.update(asdict(config.settings), nt=config.settings.nt, nb=config.settings.nb)
+    return json.loads(json.dumps(out, default=list))
+
+
+def run_cli(main):
+    """Run ``main()``; report a UserError as one line on stderr and exit with 2."""
+    try:
+        main()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+# %% Files: settings record, data loading and whole-or-nothing output
+
+
+def settings_record(settings, **extra):
+    """Plain numeric arrays that record how a data file was generated."""
+    record = {f"setting_{k}": np.asarray(v) for k, v in asdict(settings).items()}
+    record.update({f"setting_{k}": np.asarray(v) for k, v in extra.items()})
+    return record
+
+
+def save_npz(path, **arrays):
+    """Write an .npz file whole: write to a temporary name, then rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, tmp = tempfile.mkstemp(suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.savez(stream, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_data(path, settings):
+    """Load and validate the generator's file against the script's settings."""
+    generator = "python lorenz96_bilstm_gru_sparse.py"
+    if not os.path.isfile(path):
+        raise UserError(f"data file {path} not found; run `{generator}` first")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            data = {key: archive[key] for key in archive.files}
+    except Exception as error:
+        raise UserError(f"cannot read data file {path}: {error}") from None
+    for key in ("utrue", "uobs", "uwe"):
+        if key not in data:
+            raise UserError(f"data file {path} has no '{key}'; run `{generator}`")
+        if not np.all(np.isfinite(data[key])):
+            raise UserError(f"data file {path}: '{key}' holds NaN or infinite values")
+    _check_recorded_settings(path, data, settings)
+    _check_shapes(path, data, settings)
+    return data
+
+
+def _check_recorded_settings(path, data, settings):
+    for name, value in asdict(settings).items():
+        key = f"setting_{name}"
+        if key in data and not np.isclose(float(data[key]), float(value)):
+            raise UserError(
+                f"{path} was generated with {name}={data[key].item():g} but this "
+                f"run uses {name}={value:g}; regenerate the data or pass "
+                f"--{name.replace('_', '-')} {data[key].item():g}"
+            )
+
+
+def _check_shapes(path, data, settings):
+    ne, nt, nb = settings.ne, settings.nt, settings.nb
+    every = int(data.get("setting_uwe_every", 1))
+    uwe_steps = nt // every + 1
+    expected = {"utrue": (ne, nt + 1), "uobs": (ne, nb + 1)}
+    for key, shape in expected.items():
+        if data[key].shape != shape:
+            raise UserError(
+                f"{path}: '{key}' has shape {data[key].shape}, expected {shape}"
+            )
+    uwe = data["uwe"]
+    if uwe.ndim != 3 or uwe.shape[0] != ne or uwe.shape[2] != uwe_steps:
+        raise UserError(
+            f"{path}: 'uwe' has shape {uwe.shape}, expected ({ne}, npe, {uwe_steps})"
+        )
+
+
+class staged_output:
+    """Context manager: write results into a staging folder, rename it on success.
+
+    On an error the staging folder is removed and an earlier result stays as it was.
+    """
+
+    def __init__(self, folder):
+        self.folder = os.path.abspath(folder)
+
+    def __enter__(self):
+        parent = os.path.dirname(self.folder)
+        os.makedirs(parent, exist_ok=True)
+        name = os.path.basename(self.folder)
+        self.staging = tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent)
+        return self.staging
+
+    def __exit__(self, kind, value, traceback):
+        if kind is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            return False
+        old = None
+        if os.path.exists(self.folder):
+            old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(self.folder))
+            os.replace(self.folder, os.path.join(old, "previous"))
+        os.replace(self.staging, self.folder)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+        return False
+
+
+# %% Truths, observations and free runs
+
+
+def observe(utrue, settings, rng):
+    """All variables at steps 0, nf, 2 nf, ... plus N(0, var_obs) noise."""
+    truth = utrue[..., :: settings.nf][..., : settings.nb + 1]
+    return truth + np.sqrt(settings.var_obs) * rng.standard_normal(truth.shape)
+
+
+def perturb(u, variance, rng):
+    """u plus independent N(0, variance) noise."""
+    return u + np.sqrt(variance) * rng.standard_normal(np.shape(u))
+
+
+def make_truths(settings, ntruth, rng):
+    """Independent truths with their observations and perturbed starts.
+
+    Returns utrue (ne, n, nt+1), uobs (ne, n, nb+1) and x0 (ne, n), where x0 is the
+    true state at t=0 plus N(0, var_init) noise (the start of every run).
+    """
+    s = settings
+    u0 = spin_up(s, rng, ntruth)
+    utrue = integrate(u0, s.nt, s.dt, s.forcing)
+    uobs = observe(utrue, s, rng)
+    return utrue, uobs, perturb(u0, s.var_init, rng)
+
+
+# %% Training data
+
+
+def create_training_data_lstm(features, labels, lookback):
+    """Sliding windows of ``lookback`` consecutive times for a recurrent network.
+
+    features (..., m, nfeat) and labels (..., m, nlab) are time series along axis
+    -2 (leading axes are independent series, e.g. ensemble members; windows never
+    cross them). Returns X (n, lookback, nfeat) and y (n, nlab) with y[i] the label
+    at the last time of window X[i].
+    """
+    m = features.shape[-2]
+    if not 1 <= lookback <= m:
+        raise UserError(f"lookback must be in 1..{m}, got {lookback}")
+    windows = np.lib.stride_tricks.sliding_window_view(features, lookback, axis=-2)
+    X = np.moveaxis(windows, -1, -2).reshape(-1, lookback, features.shape[-1])
+    y = labels[..., lookback - 1 :, :].reshape(-1, labels.shape[-1])
+    return np.ascontiguousarray(X), y
+
+
+def features_and_labels(prior, truth, y):
+    """Network features (prior, observed values) and labels truth - prior.
+
+    prior and truth (ne, M, nb+1), y (me, M, nb+1) -> features (M, nb+1, ne+me),
+    labels (M, nb+1, ne).
+    """
+    features = np.concatenate([prior, y], axis=0)
+    labels = truth - prior
+    return np.moveaxis(features, 0, -1), np.moveaxis(labels, 0, -1)
+
+
+def same_trajectory_pairs(data, oin, settings):
+    """Training pairs of the published method: every prior against the one truth."""
+    every = int(data.get("setting_uwe_every", 1))
+    prior = data["uwe"][..., :: settings.nf // every].astype(float)
+    npe = prior.shape[1]
+    truth = np.broadcast_to(data["utrue"][:, None, :: settings.nf], prior.shape)
+    y = np.broadcast_to(data["uobs"][oin, None, :], (len(oin),) + prior.shape[1:])
+    if every > 1 and settings.nf % every:
+        raise UserError(f"uwe kept every {every} steps, which does not divide nf")
+    assert npe >= 1
+    return features_and_labels(prior, truth, y)
+
+
+def many_truth_pairs(settings, oin, ntruth, spread, rng):
+    """Training pairs from many independent truths with cycled-like priors.
+
+    Each prior is an nf-step forecast from the truth one observation time earlier
+    plus N(0, s^2) noise, with s drawn log-uniformly from ``spread`` (low, high), so
+    that the network sees the small errors met during cycled assimilation.
+    """
+    s = settings
+    u0 = spin_up(s, rng, ntruth)
+    truth = integrate(u0, s.nt, s.dt, s.forcing, every=s.nf)[..., : s.nb + 1]
+    sigma = np.exp(rng.uniform(*np.log(spread), size=(1, ntruth, s.nb)))
+    start = truth[..., :-1] + sigma * rng.standard_normal(truth[..., :-1].shape)
+    forecast = integrate(start, s.nf, s.dt, s.forcing)[..., -1]
+    prior = np.concatenate([perturb(truth[..., :1], s.var_init, rng), forecast], -1)
+    y = perturb(truth[oin], s.var_obs, rng)
+    return features_and_labels(prior, truth, y)
+
+
+def scale_training_set(X, y):
+    """MinMaxScaler(-1, 1) on inputs and outputs; returns scaled arrays and scalers."""
+    from sklearn.preprocessing import MinMaxScaler
+
+    scaler_x = MinMaxScaler(feature_range=(-1, 1))
+    scaler_y = MinMaxScaler(feature_range=(-1, 1))
+    Xs = scaler_x.fit_transform(X.reshape(-1, X.shape[-1])).reshape(X.shape)
+    ys = scaler_y.fit_transform(y)
+    return Xs, ys, scaler_x, scaler_y
+
+
+# %% Network: loss, model, training
+
+
+def huber_loss(y_true, y_pred, delta=1.0):
+    """Huber loss: 0.5 e^2 for |e| <= delta, delta (|e| - delta/2) beyond."""
+    import keras
+
+    error = keras.ops.abs(y_true - y_pred)
+    quadratic = keras.ops.minimum(error, delta)
+    linear = error - quadratic
+    return keras.ops.mean(0.5 * quadratic**2 + delta * linear, axis=-1)
+
+
+def build_model(nfeatures, nout, lookback, units, loss, metric, dtype="float32"):
+    """Input -> BiLSTM(relu) -> GRU(relu) -> Dense(relu) -> Dense(nout), compiled."""
+    import keras
+
+    layers = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input((lookback, nfeatures), dtype=dtype),
+            layers.Bidirectional(
+                layers.LSTM(units[0], activation="relu", return_sequences=True),
+                dtype=dtype,
+            ),
+            layers.GRU(units[1], activation="relu", dtype=dtype),
+            layers.Dense(units[2], activation="relu", dtype=dtype),
+            layers.Dense(nout, dtype=dtype),
+        ]
+    )
+    losses = {"huber_loss": huber_loss, "keras_huber": keras.losses.Huber()}
+    if loss not in losses:
+        raise UserError(f"loss must be one of {sorted(losses)}, got {loss}")
+    model.compile(
+        optimizer=keras.optimizers.Adam(), loss=losses[loss], metrics=[metric]
+    )
+    return model
+
+
+def load_model(path):
+    """Reload a model saved as legacy HDF5 (no compile: it is used for prediction)."""
+    import keras
+
+    return keras.models.load_model(
+        path, custom_objects={"huber_loss": huber_loss}, compile=False
+    )
+
+
+def train(model, X, y, out, epochs, batch_size, patience, seed, verbose=2):
+    """Fit on a shuffled 80/20 split; keep and reload the best model from its .h5.
+
+    Writes ``training.log`` and ``model_bilstm_gru.h5`` into ``out``; returns the
+    reloaded best model and the per-epoch history.
+    """
+    import keras
+    from sklearn.model_selection import train_test_split
+
+    Xt, Xv, yt, yv = train_test_split(
+        X, y, test_size=0.2, shuffle=True, random_state=seed
+    )
+    path = os.path.join(out, "model_bilstm_gru.h5")
+    callbacks = [
+        keras.callbacks.CSVLogger(os.path.join(out, "training.log")),
+        keras.callbacks.ModelCheckpoint(path, monitor="val_loss", save_best_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience),
+    ]
+    history = model.fit(
+        Xt,
+        yt,
+        validation_data=(Xv, yv),
+        epochs=epochs,
+        batch_size=batch_size,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    return load_model(path), history.history
+
+
+# %% Fast NumPy evaluation of the trained network
+
+
+def _sigmoid(z):
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+ACTIVATIONS = {
+    "relu": lambda z: np.maximum(z, 0.0),
+    "tanh": np.tanh,
+    "sigmoid": _sigmoid,
+    "linear": lambda z: z,
+}
+
+
+def _activation(layer, name="activation"):
+    function = getattr(layer, name)
+    key = getattr(function, "__name__", str(function))
+    if key not in ACTIVATIONS:
+        raise UserError(f"no NumPy version of activation '{key}'")
+    return ACTIVATIONS[key]
+
+
+def _lstm(layer):
+    W, U, b = (np.asarray(w, dtype=float) for w in layer.get_weights())
+    act, gate = _activation(layer), _activation(layer, "recurrent_activation")
+
+    def forward(x):  # x (B, L, nin) -> (B, L, units)
+        u = U.shape[0]
+        h = c = np.zeros((x.shape[0], u))
+        xw = x @ W + b
+        out = []
+        for t in range(x.shape[1]):
+            z = xw[:, t] + h @ U
+            i, f, o = gate(z[:, :u]), gate(z[:, u : 2 * u]), gate(z[:, 3 * u :])
+            c = f * c + i * act(z[:, 2 * u : 3 * u])
+            h = o * act(c)
+            out.append(h)
+        return np.stack(out, axis=1)
+
+    return forward
+
+
+def _gru(layer):
+    W, U, b = (np.asarray(w, dtype=float) for w in layer.get_weights())
+    act, gate = _activation(layer), _activation(layer, "recurrent_activation")
+    if not layer.reset_after:
+        raise UserError("the NumPy GRU supports reset_after=True only")
+
+    def forward(x):
+        u = U.shape[0]
+        h = np.zeros((x.shape[0], u))
+        xw = x @ W + b[0]
+        out = []
+        for t in range(x.shape[1]):
+            hu = h @ U + b[1]
+            z = gate(xw[:, t, :u] + hu[:, :u])
+            r = gate(xw[:, t, u : 2 * u] + hu[:, u : 2 * u])
+            h = z * h + (1.0 - z) * act(xw[:, t, 2 * u :] + r * hu[:, 2 * u :])
+            out.append(h)
+        return np.stack(out, axis=1)
+
+    return forward
+
+
+def _recurrent(layer):
+    forward = {"LSTM": _lstm, "GRU": _gru}[type(layer).__name__](layer)
+    if layer.return_sequences:
+        return forward
+    return lambda x: forward(x)[:, -1]
+
+
+def _bidirectional(layer):
+    ahead, back = _recurrent(layer.forward_layer), _recurrent(layer.backward_layer)
+    if layer.merge_mode != "concat":
+        raise UserError("the NumPy Bidirectional supports merge_mode='concat' only")
+
+    def forward(x):
+        backward = back(x[:, ::-1])
+        if backward.ndim == 3:
+            backward = backward[:, ::-1]
+        return np.concatenate([ahead(x), backward], axis=-1)
+
+    return forward
+
+
+def _dense(layer):
+    W, b = (np.asarray(w, dtype=float) for w in layer.get_weights())
+    act = _activation(layer)
+    return lambda x: act(x @ W + b)
+
+
+NUMPY_LAYERS = {
+    "Bidirectional": _bidirectional,
+    "LSTM": _recurrent,
+    "GRU": _recurrent,
+    "Dense": _dense,
+}
+
+
+def numpy_network(model):
+    """The forward pass of a Sequential BiLSTM/GRU/Dense model, in float64 NumPy."""
+    steps = []
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind not in NUMPY_LAYERS:
+            raise UserError(f"no NumPy version of layer type {kind}")
+        steps.append(NUMPY_LAYERS[kind](layer))
+
+    def forward(x):
+        for step in steps:
+            x = step(x)
+        return x
+
+    return forward
+
+
+class Corrector:
+    """Scaled network prediction: window of (prior, observed values) -> correction."""
+
+    def __init__(self, model, scaler_x, scaler_y):
+        self.network = numpy_network(model)
+        self.x_scale, self.x_min = scaler_x.scale_, scaler_x.min_
+        self.y_scale, self.y_min = scaler_y.scale_, scaler_y.min_
+
+    def __call__(self, window):
+        """window (B, lookback, ne+me) in physical units -> correction (B, ne)."""
+        scaled = self.network(window * self.x_scale + self.x_min)
+        return (scaled - self.y_min) / self.y_scale
+
+
+# %% Nudging with the network's correction
+
+
+def assimilate_network(corrector, x0, y, settings, lookback, scheme="feedback"):
+    """Forecast with RK4 and add the predicted correction at every observation time.
+
+    x0 (ne, B) start states, y (me, B, nb+1) observed values. ``scheme="feedback"``
+    forecasts from each corrected state; ``scheme="copy"`` keeps forecasting the
+    uncorrected state and adds the correction to a copy at observation times only.
+    Returns (ne, B, nt+1).
+    """
+    s = settings
+    history = [np.concatenate([x0, y[..., 0]]).T] * lookback
+
+    def correction(x, j):
+        history.append(np.concatenate([x, y[..., j]]).T)
+        window = np.stack(history[-lookback:], axis=1)
+        return corrector(window).T
+
+    def step(state):
+        x = rk4(s.ne, s.dt, state[0], s.forcing)
+        return x, x
+
+    def analyse(state, j):
+        x, _ = state
+        corrected = x + correction(x, j)
+        return (corrected, corrected) if scheme == "feedback" else (x, corrected)
+
+    if scheme not in ("feedback", "copy"):
+        raise UserError(f"scheme must be 'feedback' or 'copy', got {scheme}")
+    return cycle((x0, x0), s.nt, s.nf, step, analyse, lambda st: st[1], s.dt)
+
+
+# %% Metrics
+
+
+def metrics(truth, estimate, axis=None):
+    """MAE, MSE, RMSE and global R^2 = 1 - SSres/SStot over ``axis`` (all values)."""
+    error = estimate - truth
+    mse = np.mean(error**2, axis=axis)
+    anomaly = truth - np.mean(truth, axis=axis, keepdims=True)
+    r2 = 1.0 - np.sum(error**2, axis=axis) / np.sum(anomaly**2, axis=axis)
+    return {
+        "MAE": np.mean(np.abs(error), axis=axis),
+        "MSE": mse,
+        "RMSE": np.sqrt(mse),
+        "R2": r2,
+    }
+
+
+def rmse_over_time(truth, estimate):
+    """RMSE across the state variables (axis 0) at every time."""
+    return np.sqrt(np.mean((estimate - truth) ** 2, axis=0))
+
+
+def evaluation_rows(utrue, runs, labels):
+    """Metrics per (method, evaluation set), mean and std across that set's truths.
+
+    utrue and every run are (ne, B, nt+1); ``labels`` (B,) names the evaluation set
+    of each truth. RMSE is also given over the second half of the window.
+    """
+    half = utrue.shape[-1] // 2
+    rows = []
+    for method, run in runs.items():
+        per_truth = metrics(utrue, run, axis=(0, 2))
+        per_truth["RMSE 2nd half"] = metrics(
+            utrue[..., half:], run[..., half:], axis=(0, 2)
+        )["RMSE"]
+        for label in dict.fromkeys(labels):
+            pick = np.asarray(labels) == label
+            row = {"method": method, "evaluation": label, "truths": int(pick.sum())}
+            for name, values in per_truth.items():
+                row[name] = float(np.mean(values[pick]))
+                row[name + " std"] = (
+                    float(np.std(values[pick], ddof=1)) if pick.sum() > 1 else np.nan
+                )
+            rows.append(row)
+    return rows
+
+
+def print_table(rows, title=""):
+    """A plain-text table: RMSE (+- std), second-half RMSE, MAE and R^2."""
+    print(f"\n{title}")
+    print(
+        f"{'method':<16}{'evaluation':<18}{'RMSE':>16}{'RMSE 2nd half':>18}"
+        f"{'MAE':>9}{'R2':>9}"
+    )
+    for row in rows:
+        spread = "" if np.isnan(row["RMSE std"]) else f" ± {row['RMSE std']:.3f}"
+        half = (
+            ""
+            if np.isnan(row["RMSE 2nd half std"])
+            else f" ± {row['RMSE 2nd half std']:.3f}"
+        )
+        print(
+            f"{row['method']:<16}{row['evaluation']:<18}"
+            f"{row['RMSE']:.3f}{spread:>9}".ljust(50)
+            + f"{row['RMSE 2nd half']:.3f}{half}".rjust(18)
+            + f"{row['MAE']:9.3f}{row['R2']:9.3f}"
+        )
+
+
+# %% Experiment steps shared by the scripts
+
+
+def seed_everything(seed):
+    """Seed Keras (and its backend) and return a NumPy Generator with the same seed."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return np.random.default_rng(seed)
+
+
+TRAINING_MODES = ("same-trajectory", "many-truths")
+
+
+def training_set(config, data, oin, rng):
+    """Windows, labels and scalers for the chosen training mode, scaled to [-1, 1]."""
+    s = config.settings
+    if config.training == "same-trajectory":
+        features, labels = same_trajectory_pairs(data, oin, s)
+    elif config.training == "many-truths":
+        spread = tuple(config.prior_spread)
+        features, labels = many_truth_pairs(s, oin, config.train_truths, spread, rng)
+    else:
+        raise UserError(
+            f"training must be one of {TRAINING_MODES}, got {config.training}"
+        )
+    X, y = create_training_data_lstm(features, labels, config.lookback)
+    Xs, ys, scaler_x, scaler_y = scale_training_set(X, y)
+    print(f"training set: X {Xs.shape}, y {ys.shape} ({config.training})")
+    return Xs.astype(config.dtype), ys.astype(config.dtype), (scaler_x, scaler_y)
+
+
+@dataclass
+class Evaluation:
+    """Truths (ne, B, nt+1), observations (ne, B, nb+1) and starts (ne, B) to assimilate.
+
+    Truth 0 is the training truth of the data file; truths 1..B-1 are unseen.
+    """
+
+    utrue: np.ndarray
+    uobs: np.ndarray
+    x0: np.ndarray
+    labels: list
+
+
+def evaluation_truths(data, settings, ntest, rng):
+    """The training truth and ``ntest`` unseen truths, each with a perturbed start."""
+    utrue = data["utrue"][:, None]
+    uobs = data["uobs"][:, None]
+    x0 = perturb(utrue[..., 0], settings.var_init, rng)
+    labels = ["training truth"]
+    if ntest > 0:
+        new_truth, new_obs, new_x0 = make_truths(settings, ntest, rng)
+        utrue = np.concatenate([utrue, new_truth], axis=1)
+        uobs = np.concatenate([uobs, new_obs], axis=1)
+        x0 = np.concatenate([x0, new_x0], axis=1)
+        labels += ["unseen truths"] * ntest
+    return Evaluation(utrue, uobs, x0, labels)
+
+
+# %% Writing results: CSV files, config and plots
+
+
+def write_csv(path, table, header):
+    """Rows = time, columns = named quantities, with a header line."""
+    np.savetxt(
+        path, table, delimiter=",", header=",".join(header), comments="", fmt="%.10g"
+    )
+
+
+def write_results(out, config, evaluation, runs, history, oin, csv_names):
+    """Write the CSV files, metrics, config and plots of one experiment into ``out``.
+
+    ``csv_names`` maps a file stem (``ulstm``) to the method in ``runs`` it holds;
+    trajectories are written for the training truth. Returns the metric rows.
+    """
+    s = config.settings
+    t = np.arange(s.nt + 1) * s.dt
+    tobs = t[:: s.nf][: s.nb + 1]
+    state = [f"u{i}" for i in range(s.ne)]
+    write_csv(os.path.join(out, "t.csv"), t, ["t"])
+    write_csv(os.path.join(out, "tobs.csv"), tobs, ["t"])
+    write_csv(os.path.join(out, "utrue.csv"), evaluation.utrue[:, 0].T, state)
+    write_csv(os.path.join(out, "uobs.csv"), evaluation.uobs[:, 0].T, state)
+    files = {"uw": "free run", **csv_names}
+    for stem, method in files.items():
+        write_csv(os.path.join(out, f"{stem}.csv"), runs[method][:, 0].T, state)
+    rows = evaluation_rows(evaluation.utrue, runs, evaluation.labels)
+    write_metrics(os.path.join(out, "metrics.csv"), rows)
+    with open(os.path.join(out, "config.json"), "w") as stream:
+        json.dump(
+            {**config_dict(config), "observed_indices": oin.tolist()}, stream, indent=2
+        )
+    plot_experiment(out, t, tobs, evaluation, runs, oin, list(csv_names.values()))
+    if history:
+        plot_loss(os.path.join(out, "loss.png"), history)
+    return rows
+
+
+def write_metrics(path, rows):
+    """metrics.csv: one row per (method, evaluation set)."""
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(path, index=False, float_format="%.6g")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"text.usetex": False, "figure.dpi": 110})
+    return plt
+
+
+def plot_experiment(out, t, tobs, evaluation, runs, oin, networks):
+    """Time series, space-time fields and RMSE over time for one experiment."""
+    picks = [0] + ([1] if len(evaluation.labels) > 1 else [])
+    plot_series(
+        os.path.join(out, "series.png"), t, tobs, evaluation, runs, oin, networks
+    )
+    plot_fields(
+        os.path.join(out, "fields.png"), t, evaluation, runs[networks[0]], picks
+    )
+    plot_rmse(os.path.join(out, "rmse.png"), t, evaluation, runs, picks)
+
+
+def plot_series(path, t, tobs, evaluation, runs, oin, networks):
+    """Three variables of the training truth: observations, truth, free run, networks."""
+    plt = _pyplot()
+    ne = evaluation.utrue.shape[0]
+    variables = [int(oin[0]), int(oin[0]) + 1, ne // 2]
+    fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
+    for ax, i in zip(axes, variables):
+        if i in oin:
+            ax.plot(tobs, evaluation.uobs[i, 0], "ro", ms=2, label="observations")
+        ax.plot(t, evaluation.utrue[i, 0], "k", lw=1.5, label="truth")
+        ax.plot(t, runs["free run"][i, 0], "b--", lw=1, label="free run")
+        for name in networks:
+            ax.plot(t, runs[name][i, 0], lw=1, label=name)
+        ax.set_ylabel(f"u{i}" + (" (observed)" if i in oin else ""))
+    axes[0].legend(ncol=4, fontsize=8, loc="upper right")
+    axes[-1].set_xlabel("t")
+    _save(fig, path)
+
+
+def plot_fields(path, t, evaluation, run, picks):
+    """Space-time fields of truth, assimilation and error for the chosen truths."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        len(picks), 3, figsize=(13, 3.2 * len(picks)), squeeze=False
+    )
+    ne = evaluation.utrue.shape[0]
+    for row, b in zip(axes, picks):
+        truth, estimate = evaluation.utrue[:, b], run[:, b]
+        panels = [
+            ("truth", truth),
+            ("assimilation", estimate),
+            ("error", estimate - truth),
+        ]
+        for ax, (name, field) in zip(row, panels):
+            image = ax.pcolormesh(
+                t, np.arange(ne), field, cmap="RdBu_r", shading="auto"
+            )
+            fig.colorbar(image, ax=ax)
+            ax.set_title(f"{name}: {evaluation.labels[b]}", fontsize=9)
+            ax.set_xlabel("t")
+            ax.set_ylabel("variable")
+    _save(fig, path)
+
+
+def plot_rmse(path, t, evaluation, runs, picks):
+    """RMSE over time of every method for the training truth and one unseen truth."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(picks), figsize=(6 * len(picks), 4), squeeze=False)
+    for ax, b in zip(axes[0], picks):
+        for name, run in runs.items():
+            ax.semilogy(
+                t, rmse_over_time(evaluation.utrue[:, b], run[:, b]), lw=1, label=name
+            )
+        ax.set_title(evaluation.labels[b])
+        ax.set_xlabel("t")
+        ax.set_ylabel("RMSE")
+    axes[0, 0].legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_loss(path, history):
+    """Training and validation loss per epoch."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in ("loss", "val_loss"):
+        ax.semilogy(history[key], label=key)
+    ax.set_xlabel("epoch")
+    ax.legend()
+    _save(fig, path)
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path)
+    fig.clear()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def plot_generator(out, settings, utrue, uobs, runs, oin):
+    """The generator's plots: the truth's space-time field and three variables."""
+    s = settings
+    t = np.arange(s.nt + 1) * s.dt
+    tobs = t[:: s.nf][: s.nb + 1]
+    evaluation = Evaluation(utrue[:, None], uobs[:, None], utrue[:, :1], ["truth"])
+    batch = {name: run[:, None] for name, run in runs.items()}
+    others = [name for name in runs if name != "free run"]
+    plot_series(
+        os.path.join(out, "series.png"), t, tobs, evaluation, batch, oin, others
+    )
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    image = ax.pcolormesh(t, np.arange(s.ne), utrue, cmap="RdBu_r", shading="auto")
+    fig.colorbar(image, ax=ax)
+    ax.set(title="truth", xlabel="t", ylabel="variable")
+    _save(fig, os.path.join(out, "truth.png"))
 
 
 # %% Classical filters (baselines on the same truths and observations)

@@ -1,0 +1,90 @@
+"""Experiment 1, the baseline: BiLSTM-GRU nudging with the custom Huber loss.
+
+A BiLSTM(80)-GRU(80)-Dense(80) network learns the correction truth - prior from
+(prior state, observed values of ME variables) at observation times of the NPE
+erroneous priors in ``lstm_data_sparse.npz``, then corrects an RK4 forecast at every
+observation time. It is evaluated on the training truth (as published) and on
+N_TEST unseen truths, next to the free run and the classical filters.
+
+Writes into ``results/da_bilstm_gru_1_sparse/``: ``model_bilstm_gru.h5``,
+``training.log``, ``t.csv``, ``tobs.csv``, ``utrue.csv``, ``uobs.csv``, ``uw.csv``,
+``ulstm.csv`` (rows = time, columns = variables; training truth), ``metrics.csv``
+(one row per method and evaluation set), ``config.json`` and PNG plots.
+
+Run: ``python lorenz96_bilstm_gru_sparse.py`` then ``python da_bilstm_gru_1_sparse.py``
+(``--help`` lists every hyperparameter; e.g. ``--epochs 5 --me 3``).
+"""
+
+import common
+
+ME = common.ME  # observed variables fed to the network (1..ne)
+LOOKBACK = common.LOOKBACK  # observation times per input sequence
+UNITS = (80, 80, 80)  # BiLSTM, GRU and Dense widths
+LOSS = (
+    "huber_loss"  # the custom loss of common.py; "keras_huber" for keras.losses.Huber
+)
+METRIC = "mae"  # reported by Keras during training
+EPOCHS = 100  # upper limit; early stopping usually ends later epochs
+BATCH_SIZE = 128
+PATIENCE = 50  # early-stopping patience in epochs
+DTYPE = "float32"  # network and training data precision
+TRAINING = "same-trajectory"  # as published; "many-truths" generalizes to new truths
+TRAIN_TRUTHS = 400  # independent truths in "many-truths" mode
+PRIOR_SPREAD = (0.01, 1.0)  # range of the prior error std in "many-truths" mode
+N_TEST = 5  # unseen truths the model is also evaluated on
+SEED = common.SEED
+
+
+def main():
+    config = common.parse_config(globals())
+    common.echo_config(config)
+    s = config.settings
+    oin = common.observation_indices(s.ne, config.me)
+    data = common.load_data(config.data, s)
+    rng = common.seed_everything(config.seed)
+
+    with common.staged_output(config.out) as out:
+        # Training set: features (prior, observed values), labels truth - prior
+        X, y, scalers = common.training_set(config, data, oin, rng)
+
+        # Train, keeping the best model in model_bilstm_gru.h5
+        model = common.build_model(
+            X.shape[-1],
+            y.shape[-1],
+            config.lookback,
+            config.units,
+            config.loss,
+            config.metric,
+            config.dtype,
+        )
+        model, history = common.train(
+            model,
+            X,
+            y,
+            out,
+            config.epochs,
+            config.batch_size,
+            config.patience,
+            config.seed,
+            verbose=0 if config.quiet else 2,
+        )
+
+        # Assimilate the training truth and the unseen truths, with the baselines
+        evaluation = common.evaluation_truths(data, s, config.n_test, rng)
+        runs = common.run_baselines(evaluation.x0, evaluation.uobs[oin], oin, s, rng)
+        corrector = common.Corrector(model, *scalers)
+        runs["BiLSTM-GRU"] = common.assimilate_network(
+            corrector, evaluation.x0, evaluation.uobs[oin], s, config.lookback
+        )
+
+        # Write
+        rows = common.write_results(
+            out, config, evaluation, runs, history, oin, {"ulstm": "BiLSTM-GRU"}
+        )
+
+    # Report
+    common.print_table(rows, f"{config.script}: results in {config.out}")
+
+
+if __name__ == "__main__":
+    common.run_cli(main)
