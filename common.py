@@ -340,6 +340,9 @@ class staged_output:
         os.makedirs(parent, exist_ok=True)
         name = os.path.basename(self.folder)
         self.staging = tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.staging, 0o777 & ~umask)
         return self.staging
 
     def __exit__(self, kind, value, traceback):
@@ -746,25 +749,22 @@ def evaluation_rows(utrue, runs, labels):
 
 
 def print_table(rows, title=""):
-    """A plain-text table: RMSE (+- std), second-half RMSE, MAE and R^2."""
+    """A plain-text table: RMSE (± std across truths), second-half RMSE, MAE, R^2."""
+
+    def cell(row, name):
+        spread = row[name + " std"]
+        return f"{row[name]:.3f}" + ("" if np.isnan(spread) else f" ± {spread:.3f}")
+
     print(f"\n{title}")
     print(
-        f"{'method':<16}{'evaluation':<18}{'RMSE':>16}{'RMSE 2nd half':>18}"
-        f"{'MAE':>9}{'R2':>9}"
+        f"{'method':<14}{'evaluation':<16}{'RMSE':>17}{'RMSE 2nd half':>17}"
+        f"{'MAE':>17}{'R2':>17}"
     )
     for row in rows:
-        spread = "" if np.isnan(row["RMSE std"]) else f" ± {row['RMSE std']:.3f}"
-        half = (
-            ""
-            if np.isnan(row["RMSE 2nd half std"])
-            else f" ± {row['RMSE 2nd half std']:.3f}"
+        cells = "".join(
+            f"{cell(row, name):>17}" for name in ("RMSE", "RMSE 2nd half", "MAE", "R2")
         )
-        print(
-            f"{row['method']:<16}{row['evaluation']:<18}"
-            f"{row['RMSE']:.3f}{spread:>9}".ljust(50)
-            + f"{row['RMSE 2nd half']:.3f}{half}".rjust(18)
-            + f"{row['MAE']:9.3f}{row['R2']:9.3f}"
-        )
+        print(f"{row['method']:<14}{row['evaluation']:<16}{cells}")
 
 
 # %% Experiment steps shared by the scripts
