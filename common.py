@@ -430,13 +430,11 @@ def features_and_labels(prior, truth, y):
 def same_trajectory_pairs(data, oin, settings):
     """Training pairs of the published method: every prior against the one truth."""
     every = int(data.get("setting_uwe_every", 1))
+    if settings.nf % every:
+        raise UserError(f"uwe keeps every {every}-th step, which does not divide nf")
     prior = data["uwe"][..., :: settings.nf // every].astype(float)
-    npe = prior.shape[1]
     truth = np.broadcast_to(data["utrue"][:, None, :: settings.nf], prior.shape)
     y = np.broadcast_to(data["uobs"][oin, None, :], (len(oin),) + prior.shape[1:])
-    if every > 1 and settings.nf % every:
-        raise UserError(f"uwe kept every {every} steps, which does not divide nf")
-    assert npe >= 1
     return features_and_labels(prior, truth, y)
 
 
@@ -780,15 +778,25 @@ def print_table(rows, title=""):
 # %% Experiment steps shared by the scripts
 
 
+def start(script_globals, argv=None):
+    """Parse and echo the configuration, load the data, seed; the common first step.
+
+    Returns the configuration, the validated data, the observed indices and the
+    training Generator.
+    """
+    config = parse_config(script_globals, argv)
+    echo_config(config)
+    oin = observation_indices(config.settings.ne, config.me)
+    data = load_data(config.data, config.settings)
+    return config, data, oin, seed_everything(config.seed)
+
+
 def seed_everything(seed):
     """Seed Keras (and its backend) and return a NumPy Generator with the same seed."""
     import keras
 
     keras.utils.set_random_seed(seed)
     return np.random.default_rng(seed)
-
-
-TRAINING_MODES = ("same-trajectory", "many-truths")
 
 
 def training_set(config, data, oin, rng):
@@ -800,13 +808,42 @@ def training_set(config, data, oin, rng):
         spread = tuple(config.prior_spread)
         features, labels = many_truth_pairs(s, oin, config.train_truths, spread, rng)
     else:
-        raise UserError(
-            f"training must be one of {TRAINING_MODES}, got {config.training}"
-        )
+        modes = "'same-trajectory' or 'many-truths'"
+        raise UserError(f"training must be {modes}, got '{config.training}'")
     X, y = create_training_data_lstm(features, labels, config.lookback)
     Xs, ys, scaler_x, scaler_y = scale_training_set(X, y)
-    print(f"training set: X {Xs.shape}, y {ys.shape} ({config.training})")
+    print(f"training set ({config.training}): X {Xs.shape}, y {ys.shape}")
     return Xs.astype(config.dtype), ys.astype(config.dtype), (scaler_x, scaler_y)
+
+
+def fit_corrector(config, data, oin, rng, out):
+    """Build the training set, train the network and wrap the best model.
+
+    Writes ``model_bilstm_gru.h5`` and ``training.log`` into ``out``; returns the
+    NumPy ``Corrector`` of the best model and the training history.
+    """
+    X, y, scalers = training_set(config, data, oin, rng)
+    model = build_model(
+        X.shape[-1],
+        y.shape[-1],
+        config.lookback,
+        config.units,
+        config.loss,
+        config.metric,
+        config.dtype,
+    )
+    model, history = train(
+        model,
+        X,
+        y,
+        out,
+        config.epochs,
+        config.batch_size,
+        config.patience,
+        config.seed,
+        verbose=0 if config.quiet else 2,
+    )
+    return Corrector(model, *scalers), history
 
 
 @dataclass
@@ -822,8 +859,13 @@ class Evaluation:
     labels: list
 
 
-def evaluation_truths(data, settings, ntest, rng):
-    """The training truth and ``ntest`` unseen truths, each with a perturbed start."""
+def evaluation_truths(data, settings, ntest, seed):
+    """The training truth and ``ntest`` unseen truths, each with a perturbed start.
+
+    Drawn from a Generator of their own, so that every script and training mode
+    with the same seed meets the same unseen truths.
+    """
+    rng = np.random.default_rng([seed, 1])
     utrue = data["utrue"][:, None]
     uobs = data["uobs"][:, None]
     x0 = perturb(utrue[..., 0], settings.var_init, rng)
@@ -835,6 +877,22 @@ def evaluation_truths(data, settings, ntest, rng):
         x0 = np.concatenate([x0, new_x0], axis=1)
         labels += ["unseen truths"] * ntest
     return Evaluation(utrue, uobs, x0, labels)
+
+
+def assimilate_all(config, evaluation, oin, networks):
+    """Every baseline and every network on all truths of ``evaluation`` at once.
+
+    ``networks`` maps a method name to (corrector, scheme). Returns name ->
+    trajectory (ne, B, nt+1).
+    """
+    s, y = config.settings, evaluation.uobs[oin]
+    rng = np.random.default_rng([config.seed, 2])
+    runs = run_baselines(evaluation.x0, y, oin, s, rng)
+    for name, (corrector, scheme) in networks.items():
+        runs[name] = assimilate_network(
+            corrector, evaluation.x0, y, s, config.lookback, scheme
+        )
+    return runs
 
 
 # %% Writing results: CSV files, config and plots
@@ -943,7 +1001,7 @@ def plot_fields(path, t, evaluation, run, picks):
                 t, np.arange(ne), field, cmap="RdBu_r", shading="auto"
             )
             fig.colorbar(image, ax=ax)
-            ax.set_title(f"{name}: {evaluation.labels[b]}", fontsize=9)
+            ax.set_title(f"{name}: {_truth_name(evaluation, b)}", fontsize=9)
             ax.set_xlabel("t")
             ax.set_ylabel("variable")
     _save(fig, path)
@@ -958,7 +1016,7 @@ def plot_rmse(path, t, evaluation, runs, picks):
             ax.semilogy(
                 t, rmse_over_time(evaluation.utrue[:, b], run[:, b]), lw=1, label=name
             )
-        ax.set_title(evaluation.labels[b])
+        ax.set_title(_truth_name(evaluation, b))
         ax.set_xlabel("t")
         ax.set_ylabel("RMSE")
     axes[0, 0].legend(fontsize=8)
@@ -974,6 +1032,10 @@ def plot_loss(path, history):
     ax.set_xlabel("epoch")
     ax.legend()
     _save(fig, path)
+
+
+def _truth_name(evaluation, b):
+    return "training truth" if b == 0 else f"unseen truth {b}"
 
 
 def _save(fig, path):

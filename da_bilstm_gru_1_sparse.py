@@ -20,9 +20,7 @@ import common
 ME = common.ME  # observed variables fed to the network (1..ne)
 LOOKBACK = common.LOOKBACK  # observation times per input sequence
 UNITS = (80, 80, 80)  # BiLSTM, GRU and Dense widths
-LOSS = (
-    "huber_loss"  # the custom loss of common.py; "keras_huber" for keras.losses.Huber
-)
+LOSS = "huber_loss"  # the custom loss of common.py; or "keras_huber"
 METRIC = "mae"  # reported by Keras during training
 EPOCHS = 100  # upper limit; early stopping usually ends later epochs
 BATCH_SIZE = 128
@@ -36,48 +34,20 @@ SEED = common.SEED
 
 
 def main():
-    config = common.parse_config(globals())
-    common.echo_config(config)
-    s = config.settings
-    oin = common.observation_indices(s.ne, config.me)
-    data = common.load_data(config.data, s)
-    rng = common.seed_everything(config.seed)
+    config, data, oin, rng = common.start(globals())
 
     with common.staged_output(config.out) as out:
-        # Training set: features (prior, observed values), labels truth - prior
-        X, y, scalers = common.training_set(config, data, oin, rng)
+        # Train on (prior, observed values) -> truth - prior; best model in the .h5
+        corrector, history = common.fit_corrector(config, data, oin, rng, out)
 
-        # Train, keeping the best model in model_bilstm_gru.h5
-        model = common.build_model(
-            X.shape[-1],
-            y.shape[-1],
-            config.lookback,
-            config.units,
-            config.loss,
-            config.metric,
-            config.dtype,
+        # Assimilate the training truth and N_TEST unseen truths, with the baselines
+        evaluation = common.evaluation_truths(
+            data, config.settings, config.n_test, config.seed
         )
-        model, history = common.train(
-            model,
-            X,
-            y,
-            out,
-            config.epochs,
-            config.batch_size,
-            config.patience,
-            config.seed,
-            verbose=0 if config.quiet else 2,
-        )
+        networks = {"BiLSTM-GRU": (corrector, "feedback")}
+        runs = common.assimilate_all(config, evaluation, oin, networks)
 
-        # Assimilate the training truth and the unseen truths, with the baselines
-        evaluation = common.evaluation_truths(data, s, config.n_test, rng)
-        runs = common.run_baselines(evaluation.x0, evaluation.uobs[oin], oin, s, rng)
-        corrector = common.Corrector(model, *scalers)
-        runs["BiLSTM-GRU"] = common.assimilate_network(
-            corrector, evaluation.x0, evaluation.uobs[oin], s, config.lookback
-        )
-
-        # Write
+        # Write CSVs, metrics, config and plots
         rows = common.write_results(
             out, config, evaluation, runs, history, oin, {"ulstm": "BiLSTM-GRU"}
         )
