@@ -763,16 +763,19 @@ def print_table(rows, title=""):
         spread = row[name + " std"]
         return f"{row[name]:.3f}" + ("" if np.isnan(spread) else f" ± {spread:.3f}")
 
+    lead = "me" in rows[0]
     print(f"\n{title}")
     print(
-        f"{'method':<14}{'evaluation':<16}{'RMSE':>17}{'RMSE 2nd half':>17}"
+        ("me  " if lead else "")
+        + f"{'method':<14}{'evaluation':<16}{'RMSE':>17}{'RMSE 2nd half':>17}"
         f"{'MAE':>17}{'R2':>17}"
     )
     for row in rows:
         cells = "".join(
             f"{cell(row, name):>17}" for name in ("RMSE", "RMSE 2nd half", "MAE", "R2")
         )
-        print(f"{row['method']:<14}{row['evaluation']:<16}{cells}")
+        me = f"{row['me']:<4}" if lead else ""
+        print(f"{me}{row['method']:<14}{row['evaluation']:<16}{cells}")
 
 
 # %% Experiment steps shared by the scripts
@@ -786,7 +789,10 @@ def start(script_globals, argv=None):
     """
     config = parse_config(script_globals, argv)
     echo_config(config)
-    oin = observation_indices(config.settings.ne, config.me)
+    ne = config.settings.ne
+    oin = observation_indices(ne, config.me) if hasattr(config, "me") else None
+    for me in getattr(config, "me_list", ()):
+        observation_indices(ne, me)
     data = load_data(config.data, config.settings)
     return config, data, oin, seed_everything(config.seed)
 
@@ -895,6 +901,39 @@ def assimilate_all(config, evaluation, oin, networks):
     return runs
 
 
+def observation_study(config, data, rng, out, trainings):
+    """Train and assimilate for every me in ``config.me_list`` and training mode.
+
+    Each me gets a subfolder ``me_{me}`` (models of several modes go one level
+    deeper, one folder per mode); all meet the same unseen truths. Writes
+    ``summary.csv`` and ``rmse_vs_me.png`` into ``out``; returns the summary rows.
+    """
+    s = config.settings
+    evaluation = evaluation_truths(data, s, config.n_test, config.seed)
+    summary = []
+    for me in config.me_list:
+        oin = observation_indices(s.ne, me)
+        folder = os.path.join(out, f"me_{me}")
+        networks, histories, csv_names = {}, {}, {}
+        for mode in trainings:
+            run = argparse.Namespace(**{**vars(config), "me": me, "training": mode})
+            name, stem = "BiLSTM-GRU", "ulstm"
+            if len(trainings) > 1:
+                name, stem = f"BiLSTM-GRU {mode}", f"ulstm_{mode.replace('-', '_')}"
+            model_folder = folder if len(trainings) == 1 else os.path.join(folder, mode)
+            os.makedirs(model_folder, exist_ok=True)
+            corrector, histories[name] = fit_corrector(
+                run, data, oin, rng, model_folder
+            )
+            networks[name], csv_names[stem] = (corrector, "feedback"), name
+        runs = assimilate_all(run, evaluation, oin, networks)
+        rows = write_results(folder, run, evaluation, runs, histories, oin, csv_names)
+        summary += [{"me": me, **row} for row in rows]
+    write_metrics(os.path.join(out, "summary.csv"), summary)
+    plot_rmse_against_me(os.path.join(out, "rmse_vs_me.png"), summary)
+    return summary
+
+
 # %% Writing results: CSV files, config and plots
 
 
@@ -905,11 +944,12 @@ def write_csv(path, table, header):
     )
 
 
-def write_results(out, config, evaluation, runs, history, oin, csv_names):
+def write_results(out, config, evaluation, runs, histories, oin, csv_names):
     """Write the CSV files, metrics, config and plots of one experiment into ``out``.
 
     ``csv_names`` maps a file stem (``ulstm``) to the method in ``runs`` it holds;
-    trajectories are written for the training truth. Returns the metric rows.
+    trajectories are written for the training truth; ``histories`` maps a network
+    to its training history. Returns the metric rows.
     """
     s = config.settings
     t = np.arange(s.nt + 1) * s.dt
@@ -929,8 +969,7 @@ def write_results(out, config, evaluation, runs, history, oin, csv_names):
             {**config_dict(config), "observed_indices": oin.tolist()}, stream, indent=2
         )
     plot_experiment(out, t, tobs, evaluation, runs, oin, list(csv_names.values()))
-    if history:
-        plot_loss(os.path.join(out, "loss.png"), history)
+    plot_loss(os.path.join(out, "loss.png"), histories)
     return rows
 
 
@@ -1023,14 +1062,34 @@ def plot_rmse(path, t, evaluation, runs, picks):
     _save(fig, path)
 
 
-def plot_loss(path, history):
-    """Training and validation loss per epoch."""
+def plot_loss(path, histories):
+    """Training and validation loss per epoch of each network."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key in ("loss", "val_loss"):
-        ax.semilogy(history[key], label=key)
+    for name, history in histories.items():
+        for key, style in (("loss", "-"), ("val_loss", "--")):
+            ax.semilogy(history[key], style, label=f"{name} {key}")
     ax.set_xlabel("epoch")
-    ax.legend()
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_rmse_against_me(path, rows):
+    """RMSE against the number of observed variables, one line per method and set."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    methods = dict.fromkeys((row["method"], row["evaluation"]) for row in rows)
+    for method, label in methods:
+        picked = [r for r in rows if (r["method"], r["evaluation"]) == (method, label)]
+        me = [r["me"] for r in picked]
+        rmse = [r["RMSE"] for r in picked]
+        spread = np.nan_to_num([r["RMSE std"] for r in picked])
+        style = "o-" if label == "unseen truths" else "s:"
+        ax.errorbar(
+            me, rmse, yerr=spread, fmt=style, capsize=3, label=f"{method}, {label}"
+        )
+    ax.set(xlabel="observed variables me", ylabel="RMSE", yscale="log")
+    ax.legend(fontsize=7, ncol=2)
     _save(fig, path)
 
 
