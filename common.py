@@ -489,7 +489,9 @@ def build_model(nfeatures, nout, lookback, units, loss, metric, dtype="float32")
         [
             keras.Input((lookback, nfeatures), dtype=dtype),
             layers.Bidirectional(
-                layers.LSTM(units[0], activation="relu", return_sequences=True),
+                layers.LSTM(
+                    units[0], activation="relu", return_sequences=True, dtype=dtype
+                ),
                 dtype=dtype,
             ),
             layers.GRU(units[1], activation="relu", dtype=dtype),
