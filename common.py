@@ -275,6 +275,12 @@ def settings_record(settings, **extra):
     return record
 
 
+def _umask():
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def save_npz(path, **arrays):
     """Write an .npz file whole: write to a temporary name, then rename."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -282,6 +288,7 @@ def save_npz(path, **arrays):
     try:
         with os.fdopen(handle, "wb") as stream:
             np.savez(stream, **arrays)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -350,9 +357,7 @@ class staged_output:
         os.makedirs(parent, exist_ok=True)
         name = os.path.basename(self.folder)
         self.staging = tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.staging, 0o777 & ~umask)
+        os.chmod(self.staging, 0o777 & ~_umask())
         return self.staging
 
     def __exit__(self, kind, value, traceback):
