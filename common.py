@@ -236,11 +236,33 @@ def parse_config(script_globals, argv=None):
     parser.add_argument("--out", default=os.path.join("results", script))
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     config = parser.parse_args(argv)
+    _check_choices(config)
     config.script = script
     config.settings = Settings(
         **{f.name: getattr(config, f.name) for f in fields(Settings)}
     ).validate()
     return config
+
+
+CHOICES = {
+    "training": ("same-trajectory", "many-truths"),
+    "trainings": ("same-trajectory", "many-truths"),
+    "loss": ("huber_loss", "keras_huber"),
+    "dtype": ("float32", "float64"),
+    "uwe_dtype": ("float32", "float64"),
+}
+
+
+def _check_choices(config):
+    """Raise a UserError for a hyperparameter outside its allowed values."""
+    for name, allowed in CHOICES.items():
+        values = getattr(config, name, allowed[0])
+        for value in values if isinstance(values, (list, tuple)) else [values]:
+            if value not in allowed:
+                raise UserError(f"{name} must be one of {allowed}, got '{value}'")
+    for name in ("epochs", "batch_size", "lookback", "train_truths", "npe"):
+        if getattr(config, name, 1) < 1:
+            raise UserError(f"{name} must be at least 1, got {getattr(config, name)}")
 
 
 def echo_config(config):
@@ -670,17 +692,36 @@ def numpy_network(model):
 
 
 class Corrector:
-    """Scaled network prediction: window of (prior, observed values) -> correction."""
+    """Scaled network prediction: window of (prior, observed values) -> correction.
 
-    def __init__(self, model, scaler_x, scaler_y):
+    ``scaling`` holds the MinMaxScaler factors: x_scale, x_min, y_scale, y_min.
+    """
+
+    def __init__(self, model, scaling):
         self.network = numpy_network(model)
-        self.x_scale, self.x_min = scaler_x.scale_, scaler_x.min_
-        self.y_scale, self.y_min = scaler_y.scale_, scaler_y.min_
+        self.scaling = {key: np.asarray(value) for key, value in scaling.items()}
+
+    @classmethod
+    def load(cls, folder):
+        """The corrector saved in ``folder`` (model_bilstm_gru.h5, scaling.npz)."""
+        with np.load(os.path.join(folder, "scaling.npz")) as scaling:
+            return cls(load_model(os.path.join(folder, "model_bilstm_gru.h5")), scaling)
 
     def __call__(self, window):
         """window (B, lookback, ne+me) in physical units -> correction (B, ne)."""
-        scaled = self.network(window * self.x_scale + self.x_min)
-        return (scaled - self.y_min) / self.y_scale
+        c = self.scaling
+        scaled = self.network(window * c["x_scale"] + c["x_min"])
+        return (scaled - c["y_min"]) / c["y_scale"]
+
+
+def scaling_factors(scaler_x, scaler_y):
+    """The factors of two fitted MinMaxScalers, as plain arrays."""
+    return dict(
+        x_scale=scaler_x.scale_,
+        x_min=scaler_x.min_,
+        y_scale=scaler_y.scale_,
+        y_min=scaler_y.min_,
+    )
 
 
 # %% Nudging with the network's correction
@@ -774,7 +815,7 @@ def print_table(rows, title=""):
     print(f"\n{title}")
     print(
         ("me  " if lead else "")
-        + f"{'method':<14}{'evaluation':<16}{'RMSE':>17}{'RMSE 2nd half':>17}"
+        + f"{'method':<26}{'evaluation':<16}{'RMSE':>17}{'RMSE 2nd half':>17}"
         f"{'MAE':>17}{'R2':>17}"
     )
     for row in rows:
@@ -782,7 +823,7 @@ def print_table(rows, title=""):
             f"{cell(row, name):>17}" for name in ("RMSE", "RMSE 2nd half", "MAE", "R2")
         )
         me = f"{row['me']:<4}" if lead else ""
-        print(f"{me}{row['method']:<14}{row['evaluation']:<16}{cells}")
+        print(f"{me}{row['method']:<26}{row['evaluation']:<16}{cells}")
 
 
 # %% Experiment steps shared by the scripts
@@ -821,8 +862,7 @@ def training_set(config, data, oin, rng):
         spread = tuple(config.prior_spread)
         features, labels = many_truth_pairs(s, oin, config.train_truths, spread, rng)
     else:
-        modes = "'same-trajectory' or 'many-truths'"
-        raise UserError(f"training must be {modes}, got '{config.training}'")
+        raise UserError(f"training must be one of {CHOICES['training']}")
     X, y = create_training_data_lstm(features, labels, config.lookback)
     Xs, ys, scaler_x, scaler_y = scale_training_set(X, y)
     print(f"training set ({config.training}): X {Xs.shape}, y {ys.shape}")
@@ -832,8 +872,9 @@ def training_set(config, data, oin, rng):
 def fit_corrector(config, data, oin, rng, out):
     """Build the training set, train the network and wrap the best model.
 
-    Writes ``model_bilstm_gru.h5`` and ``training.log`` into ``out``; returns the
-    NumPy ``Corrector`` of the best model and the training history.
+    Writes ``model_bilstm_gru.h5``, ``training.log`` and ``scaling.npz`` (the
+    input and output scaling) into ``out``; returns the NumPy ``Corrector`` of the
+    best model and the training history.
     """
     X, y, scalers = training_set(config, data, oin, rng)
     model = build_model(
@@ -856,7 +897,9 @@ def fit_corrector(config, data, oin, rng, out):
         config.seed,
         verbose=0 if config.quiet else 2,
     )
-    return Corrector(model, *scalers), history
+    scaling = scaling_factors(*scalers)
+    save_npz(os.path.join(out, "scaling.npz"), **scaling)
+    return Corrector(model, scaling), history
 
 
 @dataclass

@@ -15,6 +15,7 @@ from common import (
     numpy_network,
     rk4,
     scale_training_set,
+    scaling_factors,
 )
 
 
@@ -58,7 +59,9 @@ def test_corrector_undoes_the_scaling():
     X, y = rng.normal(size=(30, 1, 5)) * 3, rng.normal(size=(30, 3)) + 5
     Xs, _, scaler_x, scaler_y = scale_training_set(X, y)
     expected = scaler_y.inverse_transform(model.predict(Xs, verbose=0))
-    assert np.allclose(Corrector(model, scaler_x, scaler_y)(X), expected, atol=1e-5)
+    assert np.allclose(
+        Corrector(model, scaling_factors(scaler_x, scaler_y))(X), expected, atol=1e-5
+    )
 
 
 SMALL = Settings(ne=8, tmax=0.2, nf=5)  # nt = 40, nb = 8
