@@ -1177,46 +1177,48 @@ def plot_generator(out, settings, utrue, uobs, runs, oin):
 
 # %% Classical filters (baselines on the same truths and observations)
 
-ENKF_MEMBERS = 40  # placeholder, set from the sweep
-ENKF_INFLATION = 1.05  # placeholder, set from the sweep
-ENKF_Q = 0.0  # placeholder, set from the sweep
-DENKF_MEMBERS = 40  # placeholder, set from the sweep
-DENKF_INFLATION = 1.05  # placeholder, set from the sweep
-DENKF_Q = 0.0  # placeholder, set from the sweep
-EKF_INFLATION = 1.0  # placeholder, set from the sweep
-EKF_Q = 0.0  # placeholder, set from the sweep
-NUDGING_GAIN = 0.5  # placeholder, set from the sweep
+# Defaults from tune_baselines.py (ne=40, me=4, nf=10, 3 truths): the lowest
+# second-half RMSE among settings that blew up on no truth. With 4 of 40 variables
+# observed and no localization none of the filters tracks the truth (RMSE 1-6).
+ENKF_MEMBERS = 40  # tried 20, 40; 20 blew up at every inflation below 1.2
+ENKF_INFLATION = 1.1  # tried 1.0-1.2; below 1.1 it blew up on 1-2 of 3 truths
+ENKF_Q = 0.0  # model-noise variance per step; tried 0, 1e-4
+DENKF_MEMBERS = 40  # tried 20, 40
+DENKF_INFLATION = 1.0  # tried 1.0-1.2; RMSE 1.2 at 1.0, 2.6 at 1.02, 4.3 at 1.05
+DENKF_Q = 0.0  # tried 0, 1e-4
+EKF_INFLATION = 0.9  # tried 0.9-1.1; at 0.95 and above it blew up on 2-3 of 3 truths
+EKF_Q = 1e-3  # tried 0-1e-3; RMSE 3.6 at 1e-3, 5.3 at 1e-4 (free run: 6.2)
+NUDGING_GAIN = 0.2  # tried 0-1; RMSE 5.6 at 0.2 against 6.2 for the free run
 
 
-def rhs_tangent(u, du):
-    """Analytic Jacobian of rhs at u (ne, ...) applied to du (ne, ..., *directions)."""
-    u = u.reshape(u.shape + (1,) * (du.ndim - u.ndim))
-    return (
-        (np.roll(du, -1, 0) - np.roll(du, 2, 0)) * np.roll(u, 1, 0)
-        + (np.roll(u, -1, 0) - np.roll(u, 2, 0)) * np.roll(du, 1, 0)
-        - du
-    )
+def rhs_jacobian(ne, u):
+    """Analytic Jacobian of rhs at u (ne, *batch), shape (*batch, ne, ne); ne >= 4."""
+    i = np.arange(ne)
+    ub = np.moveaxis(u, 0, -1)  # (*batch, ne)
+    J = np.zeros(ub.shape + (ne,))
+    J[..., i, (i + 1) % ne] = ub[..., i - 1]
+    J[..., i, i - 2] = -ub[..., i - 1]
+    J[..., i, i - 1] = ub[..., (i + 1) % ne] - ub[..., i - 2]
+    J[..., i, i] = -1.0
+    return J
 
 
 def rk4_jacobian(ne, dt, u, forcing):
     """Jacobian of one rk4 step at u (ne, *batch), shape (*batch, ne, ne).
 
-    Chain rule through the four stages, each stage's Jacobian applied to the columns
-    of the identity, so the cost is O(ne^2) per state rather than O(ne^3).
+    Chain rule through the stages: stage s has Jacobian D_s = J(u_s) (I + c_s dt
+    D_{s-1}) with J the Jacobian of rhs at the stage state u_s.
     """
     u = np.asarray(u, dtype=float)
-    eye = np.eye(ne).reshape((ne,) + (1,) * (u.ndim - 1) + (ne,))
-    eye = np.broadcast_to(eye, u.shape + (ne,))  # columns: unit perturbations
-    k1 = rhs(ne, u, forcing)
-    d1 = rhs_tangent(u, eye)
-    u2 = u + 0.5 * dt * k1
-    d2 = rhs_tangent(u2, eye + 0.5 * dt * d1)
+    eye = np.eye(ne)
+    u2 = u + 0.5 * dt * rhs(ne, u, forcing)
     u3 = u + 0.5 * dt * rhs(ne, u2, forcing)
-    d3 = rhs_tangent(u3, eye + 0.5 * dt * d2)
     u4 = u + dt * rhs(ne, u3, forcing)
-    d4 = rhs_tangent(u4, eye + dt * d3)
-    M = eye + dt / 6.0 * (d1 + 2.0 * (d2 + d3) + d4)  # M[i, ..., j] = d out_i / d u_j
-    return np.moveaxis(M, 0, -2)
+    D1 = rhs_jacobian(ne, u)
+    D2 = rhs_jacobian(ne, u2) @ (eye + 0.5 * dt * D1)
+    D3 = rhs_jacobian(ne, u3) @ (eye + 0.5 * dt * D2)
+    D4 = rhs_jacobian(ne, u4) @ (eye + dt * D3)
+    return eye + dt / 6.0 * (D1 + 2.0 * (D2 + D3) + D4)
 
 
 def lorenz96_model(settings):
@@ -1319,12 +1321,24 @@ def check_not_negative(**values):
             raise UserError(f"{name} must not be negative, got {value}")
 
 
+class FilterDiverged(UserError):
+    """A cycled run whose state blew up: a result of the method, not bad input."""
+
+
+def cycle_filter(x0, settings, forecast, analyse, record):
+    """cycle() over the steps of settings, raising FilterDiverged on a blow-up."""
+    s = settings
+    try:
+        return cycle(x0, s.nt, s.nf, forecast, analyse, record, s.dt)
+    except UserError as error:
+        raise FilterDiverged(str(error)) from error
+
+
 def run_free(x0, y, oin, settings, rng=None, model=None):
     """Trajectory (ne, *batch, nt+1) of the model from x0 without assimilation."""
     x0, y, oin = check_run_inputs(x0, y, oin, settings)
     step, _ = model or lorenz96_model(settings)
-    s = settings
-    return cycle(x0, s.nt, s.nf, step, lambda x, j: x, lambda x: x, s.dt)
+    return cycle_filter(x0, settings, step, lambda x, j: x, lambda x: x)
 
 
 def run_enkf(
@@ -1368,7 +1382,7 @@ def run_enkf(
         return inflate(analysis(E, y[..., j], oin, s.var_obs, rng), inflation)
 
     E0 = initial_ensemble(x0, members, s.var_init, rng)
-    return cycle(E0, s.nt, s.nf, forecast, analyse, lambda E: E.mean(-1), s.dt)
+    return cycle_filter(E0, settings, forecast, analyse, lambda E: E.mean(-1))
 
 
 def run_denkf(
@@ -1414,7 +1428,7 @@ def run_ekf(
         x, P = ekf_analysis(*state, y[..., j], oin, s.var_obs)
         return x, inflation**2 * P
 
-    return cycle((x0, P0), s.nt, s.nf, forecast, analyse, lambda st: st[0], s.dt)
+    return cycle_filter((x0, P0), settings, forecast, analyse, lambda xP: xP[0])
 
 
 def run_nudging(x0, y, oin, settings, rng=None, gain=NUDGING_GAIN, model=None):
@@ -1426,14 +1440,13 @@ def run_nudging(x0, y, oin, settings, rng=None, gain=NUDGING_GAIN, model=None):
     x0, y, oin = check_run_inputs(x0, y, oin, settings)
     check_not_negative(gain=gain)
     step, _ = model or lorenz96_model(settings)
-    s = settings
 
     def analyse(x, j):
         x = x.copy()
         x[oin] += gain * (y[..., j] - x[oin])
         return x
 
-    return cycle(x0, s.nt, s.nf, step, analyse, lambda x: x, s.dt)
+    return cycle_filter(x0, settings, step, analyse, lambda x: x)
 
 
 BASELINES = {
@@ -1445,21 +1458,46 @@ BASELINES = {
 }
 
 
+def run_or_nan(run, x0, y, oin, settings, rng, **options):
+    """run(), repeated truth by truth after a blow-up; NaN for truths that blow up."""
+    x0, y = np.asarray(x0, dtype=float), np.asarray(y, dtype=float)
+    try:
+        return run(x0, y, oin, settings, rng, **options)
+    except FilterDiverged:
+        if x0.ndim == 1:
+            return np.full(x0.shape + (settings.nt + 1,), np.nan)
+        each = [
+            run_or_nan(run, x0[:, b], y[:, b], oin, settings, rng, **options)
+            for b in range(x0.shape[1])
+        ]
+        return np.stack(each, 1)
+
+
 def run_baselines(x0, y, oin, settings, rng, options=None, model=None):
     """Mean trajectories (ne, *batch, nt+1) of every method in BASELINES, by name.
 
     options maps a method name to keyword arguments that replace its defaults. Each
-    method draws from its own child of rng, so the methods do not share noise.
+    method draws from its own child of rng. A method that blows up is rerun truth by
+    truth; the truths where it blows up get NaN trajectories and a warning.
     """
+    import warnings
+
     options = options or {}
     unknown = sorted(set(options) - set(BASELINES))
     if unknown:
         raise UserError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
-    children = rng.spawn(len(BASELINES))
-    return {
-        name: run(x0, y, oin, settings, child, model=model, **options.get(name, {}))
-        for (name, run), child in zip(BASELINES.items(), children)
-    }
+    out = {}
+    for (name, run), child in zip(BASELINES.items(), rng.spawn(len(BASELINES))):
+        kw = {"model": model, **options.get(name, {})}
+        out[name] = run_or_nan(run, x0, y, oin, settings, child, **kw)
+        blown = np.isnan(out[name][..., -1]).any(0)
+        if blown.any():
+            warnings.warn(
+                f"{name} blew up on {blown.sum()} of {blown.size} truths; "
+                "their trajectories are NaN",
+                stacklevel=2,
+            )
+    return out
 
 
 def rmse_second_half(xx, xx_true):
