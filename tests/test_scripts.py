@@ -153,17 +153,18 @@ sys.path.insert(0, sys.argv[1])
 import common
 folder = sys.argv[2]
 corrector = common.Corrector.load(folder)
-truth = pd.read_csv(folder + "/utrue.csv").to_numpy().T
-obs = pd.read_csv(folder + "/uobs.csv").to_numpy().T
+obs = pd.read_csv(folder + "/uobs.csv").to_numpy().T[[9, 19, 29, 39]]
 ulstm = pd.read_csv(folder + "/ulstm.csv").to_numpy().T
-s = common.Settings(tmax=2)
-run = common.assimilate_network(
-    corrector, ulstm[:, :1], obs[[9, 19, 29, 39], None], s, 1)[:, 0]
-window = np.concatenate([ulstm[:, 10], obs[[9, 19, 29, 39], 1]])[None, None]
+# Every correction in ulstm.csv is the state at step 10 j minus the RK4 forecast
+# from step 10 j - 1; the reloaded network must predict the same corrections.
+steps = np.arange(10, 401, 10)
+prior = common.rk4(40, 0.005, ulstm[:, steps - 1], 10.0)
+window = np.concatenate([prior, obs[:, 1:]]).T[:, None]
+replay = np.abs(corrector(window).T - (ulstm[:, steps] - prior)).max()
 model = common.load_model(folder + "/model_bilstm_gru.h5")
 scaled = window * corrector.scaling["x_scale"] + corrector.scaling["x_min"]
 keras_out = model.predict(scaled.astype("float32"), verbose=0)
-print(np.abs(run - ulstm).max(), np.abs(keras_out - corrector.network(scaled)).max())
+print(replay, np.abs(keras_out - corrector.network(scaled)).max())
 """
 
 
