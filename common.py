@@ -22,6 +22,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -48,6 +49,10 @@ DATA_FILE = "lstm_data_sparse.npz"
 
 class UserError(Exception):
     """Bad input or an impossible run, reported as one line without a traceback."""
+
+
+class Diverged(UserError):
+    """A state that blew up during integration: a result of the run, not bad input."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,7 @@ def rk4(ne, dt, u, forcing):
 def check_finite(u, step, dt):
     """Raise a UserError naming the step where the state stopped being finite."""
     if not np.all(np.abs(u) <= 1e8):
-        raise UserError(f"the state blew up at step {step} (t={step * dt:.4g})")
+        raise Diverged(f"the state blew up at step {step} (t={step * dt:.4g})")
 
 
 def first_bad_step(traj, dt, every=1):
@@ -114,7 +119,7 @@ def first_bad_step(traj, dt, every=1):
     bad = ~(np.abs(traj) <= 1e8)
     if bad.any():
         step = every * int(np.argmax(bad.reshape(-1, traj.shape[-1]).any(0)))
-        raise UserError(f"the state blew up at step {step} (t={step * dt:.4g})")
+        raise Diverged(f"the state blew up at step {step} (t={step * dt:.4g})")
 
 
 def integrate(u0, nsteps, dt, forcing, every=1, dtype=float):
@@ -783,22 +788,30 @@ def evaluation_rows(utrue, runs, labels):
     """Metrics per (method, evaluation set), mean and std across that set's truths.
 
     utrue and every run are (ne, B, nt+1); ``labels`` (B,) names the evaluation set
-    of each truth. RMSE is also given over the second half of the window.
+    of each truth. RMSE is also given over the second half of the window. A run that
+    blew up on a truth (NaN trajectory) is counted in "blew up" and left out of the
+    mean and std.
     """
     half = utrue.shape[-1] // 2
     rows = []
     for method, run in runs.items():
         per_truth = metrics(utrue, run, axis=(0, 2))
-        per_truth["RMSE 2nd half"] = metrics(
-            utrue[..., half:], run[..., half:], axis=(0, 2)
-        )["RMSE"]
+        second = metrics(utrue[..., half:], run[..., half:], axis=(0, 2))
+        per_truth["RMSE 2nd half"] = second["RMSE"]
+        finite = np.isfinite(per_truth["RMSE"])
         for label in dict.fromkeys(labels):
             pick = np.asarray(labels) == label
-            row = {"method": method, "evaluation": label, "truths": int(pick.sum())}
+            kept = pick & finite
+            row = {
+                "method": method,
+                "evaluation": label,
+                "truths": int(pick.sum()),
+                "blew up": int((pick & ~finite).sum()),
+            }
             for name, values in per_truth.items():
-                row[name] = float(np.mean(values[pick]))
+                row[name] = float(np.mean(values[kept])) if kept.any() else np.nan
                 row[name + " std"] = (
-                    float(np.std(values[pick], ddof=1)) if pick.sum() > 1 else np.nan
+                    float(np.std(values[kept], ddof=1)) if kept.sum() > 1 else np.nan
                 )
             rows.append(row)
     return rows
@@ -810,6 +823,10 @@ def print_table(rows, title=""):
     def cell(row, name):
         spread = row[name + " std"]
         return f"{row[name]:.3f}" + ("" if np.isnan(spread) else f" ± {spread:.3f}")
+
+    def note(row):
+        blown = row["blew up"]
+        return f"  (blew up on {blown} of {row['truths']})" if blown else ""
 
     lead = "me" in rows[0]
     print(f"\n{title}")
@@ -823,7 +840,7 @@ def print_table(rows, title=""):
             f"{cell(row, name):>17}" for name in ("RMSE", "RMSE 2nd half", "MAE", "R2")
         )
         me = f"{row['me']:<4}" if lead else ""
-        print(f"{me}{row['method']:<26}{row['evaluation']:<16}{cells}")
+        print(f"{me}{row['method']:<26}{row['evaluation']:<16}{cells}{note(row)}")
 
 
 # %% Experiment steps shared by the scripts
@@ -945,43 +962,40 @@ def assimilate_all(config, evaluation, oin, networks):
     rng = np.random.default_rng([config.seed, 2])
     runs = run_baselines(evaluation.x0, y, oin, s, rng)
     for name, (corrector, scheme) in networks.items():
-        runs[name] = assimilate_network(
-            corrector, evaluation.x0, y, s, config.lookback, scheme
-        )
+
+        def run(x0, y, corrector=corrector, scheme=scheme):
+            return assimilate_network(corrector, x0, y, s, config.lookback, scheme)
+
+        runs[name] = each_or_nan(run, evaluation.x0, y, s.nt, name)
     return runs
 
 
-def observation_study(config, data, rng, out, trainings):
-    """Train and assimilate for every me in ``config.me_list`` and training mode.
+def each_or_nan(run, x0, y, nt, name="run"):
+    """run(x0, y) for a batch (ne, B) of truths; NaN trajectories where it blows up.
 
-    Each me gets a subfolder ``me_{me}`` (models of several modes go one level
-    deeper, one folder per mode); all meet the same unseen truths. Writes
-    ``summary.csv`` and ``rmse_vs_me.png`` into ``out``; returns the summary rows.
+    After a blow-up the batch is split in halves and rerun, so that only the truths
+    that blow up get NaN; a warning says how many did.
     """
-    s = config.settings
-    evaluation = evaluation_truths(data, s, config.n_test, config.seed)
-    summary = []
-    for me in config.me_list:
-        oin = observation_indices(s.ne, me)
-        folder = os.path.join(out, f"me_{me}")
-        networks, histories, csv_names = {}, {}, {}
-        for mode in trainings:
-            run = argparse.Namespace(**{**vars(config), "me": me, "training": mode})
-            name, stem = "BiLSTM-GRU", "ulstm"
-            if len(trainings) > 1:
-                name, stem = f"BiLSTM-GRU {mode}", f"ulstm_{mode.replace('-', '_')}"
-            model_folder = folder if len(trainings) == 1 else os.path.join(folder, mode)
-            os.makedirs(model_folder, exist_ok=True)
-            corrector, histories[name] = fit_corrector(
-                run, data, oin, rng, model_folder
-            )
-            networks[name], csv_names[stem] = (corrector, "feedback"), name
-        runs = assimilate_all(run, evaluation, oin, networks)
-        rows = write_results(folder, run, evaluation, runs, histories, oin, csv_names)
-        summary += [{"me": me, **row} for row in rows]
-    write_metrics(os.path.join(out, "summary.csv"), summary)
-    plot_rmse_against_me(os.path.join(out, "rmse_vs_me.png"), summary)
-    return summary
+    result = _halves_after_blowup(run, x0, y, nt)
+    blown = int(np.isnan(result[0, :, -1]).sum())
+    if blown:
+        warnings.warn(
+            f"{name} blew up on {blown} of {x0.shape[1]} truths", stacklevel=2
+        )
+    return result
+
+
+def _halves_after_blowup(run, x0, y, nt):
+    try:
+        return run(x0, y)
+    except Diverged:
+        if x0.shape[1] == 1:
+            return np.full(x0.shape + (nt + 1,), np.nan)
+    half = x0.shape[1] // 2
+    parts = [slice(0, half), slice(half, None)]
+    return np.concatenate(
+        [_halves_after_blowup(run, x0[:, p], y[:, p], nt) for p in parts], 1
+    )
 
 
 # %% Writing results: CSV files, config and plots
