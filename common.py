@@ -4,7 +4,8 @@ Symbols used in the data-assimilation code:
 
 - ``ne``: number of state variables; ``u`` or ``x``: a state of shape (ne,) or a batch
   of states (ne, ...) with the state on axis 0 and members/truths on later axes.
-- Trajectories carry time on the last axis: ``utrue`` (ne, nt+1), ``uwe`` (ne, npe, nt+1).
+- Trajectories carry time on the last axis: ``utrue`` (ne, nt+1), ``uwe``
+  (ne, npe, nt+1).
 - ``nf``: time steps between observations; ``nb = nt // nf``: number of observation
   times after t=0; observation j is taken at step ``j * nf``.
 - ``oin``: indices of the ``me`` observed variables (the observation operator H picks
@@ -21,7 +22,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 import warnings
 from dataclasses import asdict, dataclass, fields
 
@@ -921,7 +921,7 @@ def fit_corrector(config, data, oin, rng, out):
 
 @dataclass
 class Evaluation:
-    """Truths (ne, B, nt+1), observations (ne, B, nb+1) and starts (ne, B) to assimilate.
+    """Truths (ne, B, nt+1), observations (ne, B, nb+1) and starts (ne, B).
 
     Truth 0 is the training truth of the data file; truths 1..B-1 are unseen.
     """
@@ -1067,7 +1067,7 @@ def plot_experiment(out, t, tobs, evaluation, runs, oin, networks):
 
 
 def plot_series(path, t, tobs, evaluation, runs, oin, networks):
-    """Three variables of the training truth: observations, truth, free run, networks."""
+    """Three variables of the training truth: observations, truth and every run."""
     plt = _pyplot()
     ne = evaluation.utrue.shape[0]
     variables = [int(oin[0]), int(oin[0]) + 1, ne // 2]

@@ -1,8 +1,6 @@
 """End-to-end runs of the generator, the five experiments and the comparison."""
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 
@@ -72,7 +70,7 @@ def read_state(folder, name):
 
 @pytest.fixture(scope="module")
 def experiment_runs(tiny_data):
-    """Every numbered experiment run once at the tiny size: number -> (result, folder)."""
+    """Experiments 1-4 run once at the tiny size: number -> (result, folder)."""
     runs = {}
     for n in (1, 2, 3, 4):
         runs[n] = (
