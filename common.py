@@ -998,6 +998,39 @@ def _halves_after_blowup(run, x0, y, nt):
     )
 
 
+def observation_study(config, data, rng, out, trainings):
+    """Train and assimilate for every me in ``config.me_list`` and training mode.
+
+    Each me gets a subfolder ``me_{me}`` (models of several modes go one level
+    deeper, one folder per mode); all meet the same unseen truths. Writes
+    ``summary.csv`` and ``rmse_vs_me.png`` into ``out``; returns the summary rows.
+    """
+    s = config.settings
+    evaluation = evaluation_truths(data, s, config.n_test, config.seed)
+    summary = []
+    for me in config.me_list:
+        oin = observation_indices(s.ne, me)
+        folder = os.path.join(out, f"me_{me}")
+        networks, histories, csv_names = {}, {}, {}
+        for mode in trainings:
+            run = argparse.Namespace(**{**vars(config), "me": me, "training": mode})
+            name, stem = "BiLSTM-GRU", "ulstm"
+            if len(trainings) > 1:
+                name, stem = f"BiLSTM-GRU {mode}", f"ulstm_{mode.replace('-', '_')}"
+            model_folder = folder if len(trainings) == 1 else os.path.join(folder, mode)
+            os.makedirs(model_folder, exist_ok=True)
+            corrector, histories[name] = fit_corrector(
+                run, data, oin, rng, model_folder
+            )
+            networks[name], csv_names[stem] = (corrector, "feedback"), name
+        runs = assimilate_all(run, evaluation, oin, networks)
+        rows = write_results(folder, run, evaluation, runs, histories, oin, csv_names)
+        summary += [{"me": me, **row} for row in rows]
+    write_metrics(os.path.join(out, "summary.csv"), summary)
+    plot_rmse_against_me(os.path.join(out, "rmse_vs_me.png"), summary)
+    return summary
+
+
 # %% Writing results: CSV files, config and plots
 
 
