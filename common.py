@@ -998,6 +998,29 @@ def _halves_after_blowup(run, x0, y, nt):
     )
 
 
+def experiment(config, data, oin, rng, out, schemes=None):
+    """Train one network, assimilate with it next to the baselines, write everything.
+
+    ``schemes`` maps a CSV stem to (method name, deployment scheme), by default
+    ``{"ulstm": ("BiLSTM-GRU", "feedback")}``. Returns the metric rows, the
+    evaluation truths and the runs.
+    """
+    schemes = schemes or {"ulstm": ("BiLSTM-GRU", "feedback")}
+    # Train on (prior, observed values) -> truth - prior; best model in the .h5
+    corrector, history = fit_corrector(config, data, oin, rng, out)
+
+    # Assimilate the training truth and N_TEST unseen truths, with the baselines
+    evaluation = evaluation_truths(data, config.settings, config.n_test, config.seed)
+    networks = {name: (corrector, scheme) for name, scheme in schemes.values()}
+    runs = assimilate_all(config, evaluation, oin, networks)
+
+    # Write CSVs, metrics, config and plots
+    csv_names = {stem: name for stem, (name, _) in schemes.items()}
+    histories = {"BiLSTM-GRU": history}
+    rows = write_results(out, config, evaluation, runs, histories, oin, csv_names)
+    return rows, evaluation, runs
+
+
 def observation_study(config, data, rng, out, trainings):
     """Train and assimilate for every me in ``config.me_list`` and training mode.
 

@@ -37,23 +37,9 @@ def main():
     config, data, oin, rng = common.start(globals())
 
     with common.staged_output(config.out) as out:
-        # Train on (prior, observed values) -> truth - prior; best model in the .h5
-        corrector, history = common.fit_corrector(config, data, oin, rng, out)
-        histories = {"BiLSTM-GRU": history}
+        # Train, assimilate the training truth and N_TEST unseen truths, write
+        rows, _, _ = common.experiment(config, data, oin, rng, out)
 
-        # Assimilate the training truth and N_TEST unseen truths, with the baselines
-        evaluation = common.evaluation_truths(
-            data, config.settings, config.n_test, config.seed
-        )
-        networks = {"BiLSTM-GRU": (corrector, "feedback")}
-        runs = common.assimilate_all(config, evaluation, oin, networks)
-
-        # Write CSVs, metrics, config and plots
-        rows = common.write_results(
-            out, config, evaluation, runs, histories, oin, {"ulstm": "BiLSTM-GRU"}
-        )
-
-    # Report
     common.print_table(rows, f"{config.script}: results in {config.out}")
 
 
