@@ -1195,21 +1195,30 @@ def plot_loss(path, histories):
 
 
 def plot_rmse_against_me(path, rows):
-    """RMSE against the number of observed variables, one line per method and set."""
+    """RMSE against the observed count: a colour per method, a line style per set."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    methods = dict.fromkeys((row["method"], row["evaluation"]) for row in rows)
-    for method, label in methods:
-        picked = [r for r in rows if (r["method"], r["evaluation"]) == (method, label)]
-        me = [r["me"] for r in picked]
-        rmse = [r["RMSE"] for r in picked]
-        spread = np.nan_to_num([r["RMSE std"] for r in picked])
-        style = "o-" if label == "unseen truths" else "s:"
-        ax.errorbar(
-            me, rmse, yerr=spread, fmt=style, capsize=3, label=f"{method}, {label}"
-        )
-    ax.set(xlabel="observed variables me", ylabel="RMSE", yscale="log")
-    ax.legend(fontsize=7, ncol=2)
+    fig, ax = plt.subplots(figsize=(9, 5))
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    styles = {"training truth": ("s", ":"), "unseen truths": ("o", "-")}
+    for label, (marker, line) in styles.items():
+        for colour, method in enumerate(methods):
+            picked = [
+                r for r in rows if (r["method"], r["evaluation"]) == (method, label)
+            ]
+            ax.errorbar(
+                [r["me"] for r in picked],
+                [r["RMSE"] for r in picked],
+                yerr=np.nan_to_num([r["RMSE std"] for r in picked]),
+                color=f"C{colour}",
+                marker=marker,
+                linestyle=line,
+                capsize=3,
+                label=f"{method}, {label}",
+            )
+    counts = sorted({row["me"] for row in rows})
+    ax.set(xlabel="observed variables me", ylabel="RMSE", xscale="log", yscale="log")
+    ax.set_xticks(counts, [str(me) for me in counts])
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     _save(fig, path)
 
 
