@@ -268,6 +268,14 @@ def _check_choices(config):
     for name in ("epochs", "batch_size", "lookback", "train_truths", "npe"):
         if getattr(config, name, 1) < 1:
             raise UserError(f"{name} must be at least 1, got {getattr(config, name)}")
+    for name in ("n_test", "patience"):
+        if getattr(config, name, 0) < 0:
+            raise UserError(f"{name} must not be negative, got {getattr(config, name)}")
+    spread = getattr(config, "prior_spread", (1, 1))
+    if len(spread) != 2 or not 0 < spread[0] <= spread[1]:
+        raise UserError(
+            f"prior_spread must be two numbers 0 < low <= high, got {spread}"
+        )
 
 
 def echo_config(config):

@@ -88,6 +88,8 @@ def test_wrong_shape_in_the_data(tiny_data, tmp_path):
         (EXPERIMENT, ["--me", "0"], ["me", "0"]),
         (EXPERIMENT, ["--training", "magic"], ["training", "magic"]),
         (EXPERIMENT, ["--epochs", "0"], ["epochs"]),
+        (EXPERIMENT, ["--n-test", "-1"], ["n_test"]),
+        (EXPERIMENT, ["--prior-spread", "1", "0.1"], ["prior_spread"]),
         ("da_bilstm_gru_5_sparse.py", ["--me-list", "4", "99"], ["me", "99"]),
         ("compare_methods.py", ["--trainings", "magic"], ["trainings", "magic"]),
     ],
