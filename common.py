@@ -248,11 +248,33 @@ def parse_config(script_globals, argv=None):
     parser.add_argument("--out", default=os.path.join("results", script))
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     config = parser.parse_args(argv)
+    _check_choices(config)
     config.script = script
     config.settings = Settings(
         **{f.name: getattr(config, f.name) for f in fields(Settings)}
     ).validate()
     return config
+
+
+CHOICES = {
+    "training": ("same-trajectory", "many-truths"),
+    "trainings": ("same-trajectory", "many-truths"),
+    "loss": ("huber_loss", "keras_huber"),
+    "dtype": ("float32", "float64"),
+    "uwe_dtype": ("float32", "float64"),
+}
+
+
+def _check_choices(config):
+    """Raise a UserError for a hyperparameter outside its allowed values."""
+    for name, allowed in CHOICES.items():
+        values = getattr(config, name, allowed[0])
+        for value in values if isinstance(values, (list, tuple)) else [values]:
+            if value not in allowed:
+                raise UserError(f"{name} must be one of {allowed}, got '{value}'")
+    for name in ("epochs", "batch_size", "lookback", "train_truths", "npe"):
+        if getattr(config, name, 1) < 1:
+            raise UserError(f"{name} must be at least 1, got {getattr(config, name)}")
 
 
 def echo_config(config):
@@ -287,6 +309,12 @@ def settings_record(settings, **extra):
     return record
 
 
+def _umask():
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def save_npz(path, **arrays):
     """Write an .npz file whole: write to a temporary name, then rename."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -294,6 +322,7 @@ def save_npz(path, **arrays):
     try:
         with os.fdopen(handle, "wb") as stream:
             np.savez(stream, **arrays)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -362,9 +391,7 @@ class staged_output:
         os.makedirs(parent, exist_ok=True)
         name = os.path.basename(self.folder)
         self.staging = tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.staging, 0o777 & ~umask)
+        os.chmod(self.staging, 0o777 & ~_umask())
         return self.staging
 
     def __exit__(self, kind, value, traceback):
@@ -501,7 +528,9 @@ def build_model(nfeatures, nout, lookback, units, loss, metric, dtype="float32")
         [
             keras.Input((lookback, nfeatures), dtype=dtype),
             layers.Bidirectional(
-                layers.LSTM(units[0], activation="relu", return_sequences=True),
+                layers.LSTM(
+                    units[0], activation="relu", return_sequences=True, dtype=dtype
+                ),
                 dtype=dtype,
             ),
             layers.GRU(units[1], activation="relu", dtype=dtype),
@@ -675,17 +704,36 @@ def numpy_network(model):
 
 
 class Corrector:
-    """Scaled network prediction: window of (prior, observed values) -> correction."""
+    """Scaled network prediction: window of (prior, observed values) -> correction.
 
-    def __init__(self, model, scaler_x, scaler_y):
+    ``scaling`` holds the MinMaxScaler factors: x_scale, x_min, y_scale, y_min.
+    """
+
+    def __init__(self, model, scaling):
         self.network = numpy_network(model)
-        self.x_scale, self.x_min = scaler_x.scale_, scaler_x.min_
-        self.y_scale, self.y_min = scaler_y.scale_, scaler_y.min_
+        self.scaling = {key: np.asarray(value) for key, value in scaling.items()}
+
+    @classmethod
+    def load(cls, folder):
+        """The corrector saved in ``folder`` (model_bilstm_gru.h5, scaling.npz)."""
+        with np.load(os.path.join(folder, "scaling.npz")) as scaling:
+            return cls(load_model(os.path.join(folder, "model_bilstm_gru.h5")), scaling)
 
     def __call__(self, window):
         """window (B, lookback, ne+me) in physical units -> correction (B, ne)."""
-        scaled = self.network(window * self.x_scale + self.x_min)
-        return (scaled - self.y_min) / self.y_scale
+        c = self.scaling
+        scaled = self.network(window * c["x_scale"] + c["x_min"])
+        return (scaled - c["y_min"]) / c["y_scale"]
+
+
+def scaling_factors(scaler_x, scaler_y):
+    """The factors of two fitted MinMaxScalers, as plain arrays."""
+    return dict(
+        x_scale=scaler_x.scale_,
+        x_min=scaler_x.min_,
+        y_scale=scaler_y.scale_,
+        y_min=scaler_y.min_,
+    )
 
 
 # %% Nudging with the network's correction
@@ -775,16 +823,19 @@ def print_table(rows, title=""):
         spread = row[name + " std"]
         return f"{row[name]:.3f}" + ("" if np.isnan(spread) else f" ± {spread:.3f}")
 
+    lead = "me" in rows[0]
     print(f"\n{title}")
     print(
-        f"{'method':<14}{'evaluation':<16}{'RMSE':>17}{'RMSE 2nd half':>17}"
+        ("me  " if lead else "")
+        + f"{'method':<26}{'evaluation':<16}{'RMSE':>17}{'RMSE 2nd half':>17}"
         f"{'MAE':>17}{'R2':>17}"
     )
     for row in rows:
         cells = "".join(
             f"{cell(row, name):>17}" for name in ("RMSE", "RMSE 2nd half", "MAE", "R2")
         )
-        print(f"{row['method']:<14}{row['evaluation']:<16}{cells}")
+        me = f"{row['me']:<4}" if lead else ""
+        print(f"{me}{row['method']:<26}{row['evaluation']:<16}{cells}")
 
 
 # %% Experiment steps shared by the scripts
@@ -798,7 +849,10 @@ def start(script_globals, argv=None):
     """
     config = parse_config(script_globals, argv)
     echo_config(config)
-    oin = observation_indices(config.settings.ne, config.me)
+    ne = config.settings.ne
+    oin = observation_indices(ne, config.me) if hasattr(config, "me") else None
+    for me in getattr(config, "me_list", ()):
+        observation_indices(ne, me)
     data = load_data(config.data, config.settings)
     return config, data, oin, seed_everything(config.seed)
 
@@ -820,8 +874,7 @@ def training_set(config, data, oin, rng):
         spread = tuple(config.prior_spread)
         features, labels = many_truth_pairs(s, oin, config.train_truths, spread, rng)
     else:
-        modes = "'same-trajectory' or 'many-truths'"
-        raise UserError(f"training must be {modes}, got '{config.training}'")
+        raise UserError(f"training must be one of {CHOICES['training']}")
     X, y = create_training_data_lstm(features, labels, config.lookback)
     Xs, ys, scaler_x, scaler_y = scale_training_set(X, y)
     print(f"training set ({config.training}): X {Xs.shape}, y {ys.shape}")
@@ -831,8 +884,9 @@ def training_set(config, data, oin, rng):
 def fit_corrector(config, data, oin, rng, out):
     """Build the training set, train the network and wrap the best model.
 
-    Writes ``model_bilstm_gru.h5`` and ``training.log`` into ``out``; returns the
-    NumPy ``Corrector`` of the best model and the training history.
+    Writes ``model_bilstm_gru.h5``, ``training.log`` and ``scaling.npz`` (the
+    input and output scaling) into ``out``; returns the NumPy ``Corrector`` of the
+    best model and the training history.
     """
     X, y, scalers = training_set(config, data, oin, rng)
     model = build_model(
@@ -855,7 +909,9 @@ def fit_corrector(config, data, oin, rng, out):
         config.seed,
         verbose=0 if config.quiet else 2,
     )
-    return Corrector(model, *scalers), history
+    scaling = scaling_factors(*scalers)
+    save_npz(os.path.join(out, "scaling.npz"), **scaling)
+    return Corrector(model, scaling), history
 
 
 @dataclass
@@ -907,6 +963,39 @@ def assimilate_all(config, evaluation, oin, networks):
     return runs
 
 
+def observation_study(config, data, rng, out, trainings):
+    """Train and assimilate for every me in ``config.me_list`` and training mode.
+
+    Each me gets a subfolder ``me_{me}`` (models of several modes go one level
+    deeper, one folder per mode); all meet the same unseen truths. Writes
+    ``summary.csv`` and ``rmse_vs_me.png`` into ``out``; returns the summary rows.
+    """
+    s = config.settings
+    evaluation = evaluation_truths(data, s, config.n_test, config.seed)
+    summary = []
+    for me in config.me_list:
+        oin = observation_indices(s.ne, me)
+        folder = os.path.join(out, f"me_{me}")
+        networks, histories, csv_names = {}, {}, {}
+        for mode in trainings:
+            run = argparse.Namespace(**{**vars(config), "me": me, "training": mode})
+            name, stem = "BiLSTM-GRU", "ulstm"
+            if len(trainings) > 1:
+                name, stem = f"BiLSTM-GRU {mode}", f"ulstm_{mode.replace('-', '_')}"
+            model_folder = folder if len(trainings) == 1 else os.path.join(folder, mode)
+            os.makedirs(model_folder, exist_ok=True)
+            corrector, histories[name] = fit_corrector(
+                run, data, oin, rng, model_folder
+            )
+            networks[name], csv_names[stem] = (corrector, "feedback"), name
+        runs = assimilate_all(run, evaluation, oin, networks)
+        rows = write_results(folder, run, evaluation, runs, histories, oin, csv_names)
+        summary += [{"me": me, **row} for row in rows]
+    write_metrics(os.path.join(out, "summary.csv"), summary)
+    plot_rmse_against_me(os.path.join(out, "rmse_vs_me.png"), summary)
+    return summary
+
+
 # %% Writing results: CSV files, config and plots
 
 
@@ -917,11 +1006,12 @@ def write_csv(path, table, header):
     )
 
 
-def write_results(out, config, evaluation, runs, history, oin, csv_names):
+def write_results(out, config, evaluation, runs, histories, oin, csv_names):
     """Write the CSV files, metrics, config and plots of one experiment into ``out``.
 
     ``csv_names`` maps a file stem (``ulstm``) to the method in ``runs`` it holds;
-    trajectories are written for the training truth. Returns the metric rows.
+    trajectories are written for the training truth; ``histories`` maps a network
+    to its training history. Returns the metric rows.
     """
     s = config.settings
     t = np.arange(s.nt + 1) * s.dt
@@ -941,8 +1031,7 @@ def write_results(out, config, evaluation, runs, history, oin, csv_names):
             {**config_dict(config), "observed_indices": oin.tolist()}, stream, indent=2
         )
     plot_experiment(out, t, tobs, evaluation, runs, oin, list(csv_names.values()))
-    if history:
-        plot_loss(os.path.join(out, "loss.png"), history)
+    plot_loss(os.path.join(out, "loss.png"), histories)
     return rows
 
 
@@ -1035,14 +1124,34 @@ def plot_rmse(path, t, evaluation, runs, picks):
     _save(fig, path)
 
 
-def plot_loss(path, history):
-    """Training and validation loss per epoch."""
+def plot_loss(path, histories):
+    """Training and validation loss per epoch of each network."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key in ("loss", "val_loss"):
-        ax.semilogy(history[key], label=key)
+    for name, history in histories.items():
+        for key, style in (("loss", "-"), ("val_loss", "--")):
+            ax.semilogy(history[key], style, label=f"{name} {key}")
     ax.set_xlabel("epoch")
-    ax.legend()
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_rmse_against_me(path, rows):
+    """RMSE against the number of observed variables, one line per method and set."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    methods = dict.fromkeys((row["method"], row["evaluation"]) for row in rows)
+    for method, label in methods:
+        picked = [r for r in rows if (r["method"], r["evaluation"]) == (method, label)]
+        me = [r["me"] for r in picked]
+        rmse = [r["RMSE"] for r in picked]
+        spread = np.nan_to_num([r["RMSE std"] for r in picked])
+        style = "o-" if label == "unseen truths" else "s:"
+        ax.errorbar(
+            me, rmse, yerr=spread, fmt=style, capsize=3, label=f"{method}, {label}"
+        )
+    ax.set(xlabel="observed variables me", ylabel="RMSE", yscale="log")
+    ax.legend(fontsize=7, ncol=2)
     _save(fig, path)
 
 
@@ -1079,3 +1188,294 @@ def plot_generator(out, settings, utrue, uobs, runs, oin):
 
 
 # %% Classical filters (baselines on the same truths and observations)
+
+ENKF_MEMBERS = 40  # placeholder, set from the sweep
+ENKF_INFLATION = 1.05  # placeholder, set from the sweep
+ENKF_Q = 0.0  # placeholder, set from the sweep
+DENKF_MEMBERS = 40  # placeholder, set from the sweep
+DENKF_INFLATION = 1.05  # placeholder, set from the sweep
+DENKF_Q = 0.0  # placeholder, set from the sweep
+EKF_INFLATION = 1.0  # placeholder, set from the sweep
+EKF_Q = 0.0  # placeholder, set from the sweep
+NUDGING_GAIN = 0.5  # placeholder, set from the sweep
+
+
+def rhs_tangent(u, du):
+    """Analytic Jacobian of rhs at u (ne, ...) applied to du (ne, ..., *directions)."""
+    u = u.reshape(u.shape + (1,) * (du.ndim - u.ndim))
+    return (
+        (np.roll(du, -1, 0) - np.roll(du, 2, 0)) * np.roll(u, 1, 0)
+        + (np.roll(u, -1, 0) - np.roll(u, 2, 0)) * np.roll(du, 1, 0)
+        - du
+    )
+
+
+def rk4_jacobian(ne, dt, u, forcing):
+    """Jacobian of one rk4 step at u (ne, *batch), shape (*batch, ne, ne).
+
+    Chain rule through the four stages, each stage's Jacobian applied to the columns
+    of the identity, so the cost is O(ne^2) per state rather than O(ne^3).
+    """
+    u = np.asarray(u, dtype=float)
+    eye = np.eye(ne).reshape((ne,) + (1,) * (u.ndim - 1) + (ne,))
+    eye = np.broadcast_to(eye, u.shape + (ne,))  # columns: unit perturbations
+    k1 = rhs(ne, u, forcing)
+    d1 = rhs_tangent(u, eye)
+    u2 = u + 0.5 * dt * k1
+    d2 = rhs_tangent(u2, eye + 0.5 * dt * d1)
+    u3 = u + 0.5 * dt * rhs(ne, u2, forcing)
+    d3 = rhs_tangent(u3, eye + 0.5 * dt * d2)
+    u4 = u + dt * rhs(ne, u3, forcing)
+    d4 = rhs_tangent(u4, eye + dt * d3)
+    M = eye + dt / 6.0 * (d1 + 2.0 * (d2 + d3) + d4)  # M[i, ..., j] = d out_i / d u_j
+    return np.moveaxis(M, 0, -2)
+
+
+def lorenz96_model(settings):
+    """The runners' default model pair (step, jacobian): rk4 and rk4_jacobian."""
+    s = settings
+
+    def step(u):
+        return rk4(s.ne, s.dt, u, s.forcing)
+
+    def jacobian(u):
+        return rk4_jacobian(s.ne, s.dt, u, s.forcing)
+
+    return step, jacobian
+
+
+def inflate(E, factor):
+    """Ensemble E (ne, ..., N) with its anomalies about the member mean times factor."""
+    xbar = E.mean(-1, keepdims=True)
+    return xbar + factor * (E - xbar)
+
+
+def apply_gain(K, D):
+    """K (*batch, ne, me) applied to D (me, *batch, N), giving (ne, *batch, N)."""
+    return np.einsum("...ij,j...n->i...n", K, D)
+
+
+def ensemble_gain(A, oin, r):
+    """Kalman gain K (*batch, ne, me) from the anomalies A (ne, *batch, N)."""
+    HA = A[oin]
+    C = np.einsum("i...n,j...n->...ij", HA, HA)  # (N-1) H P H^T
+    C = C + (A.shape[-1] - 1) * r * np.eye(len(oin))
+    HPt = np.einsum("i...n,j...n->...ij", HA, A)  # (N-1) H P
+    return np.swapaxes(np.linalg.solve(C, HPt), -1, -2)
+
+
+def enkf_analysis(E, y, oin, r, rng):
+    """Stochastic EnKF analysis of E (ne, *batch, N) with observations y (me, *batch).
+
+    Each member sees y plus its own N(0, r) perturbation; the perturbations are
+    centred over the members, so the analysis mean is xbar + K (y - H xbar) exactly.
+    """
+    N = E.shape[-1]
+    K = ensemble_gain(E - E.mean(-1, keepdims=True), oin, r)
+    eps = rng.standard_normal(np.shape(y) + (N,))
+    eps = np.sqrt(r) * (eps - eps.mean(-1, keepdims=True))
+    return E + apply_gain(K, np.asarray(y)[..., None] + eps - E[oin])
+
+
+def denkf_analysis(E, y, oin, r, rng=None):
+    """Deterministic EnKF (Sakov and Oke 2008) of E (ne, *batch, N) with y (me, *batch).
+
+    The mean gets the full gain, the anomalies half of it: A_a = A - K H A / 2.
+    """
+    xbar = E.mean(-1, keepdims=True)
+    A = E - xbar
+    K = ensemble_gain(A, oin, r)
+    d = np.asarray(y)[..., None] - xbar[oin]  # innovation of the mean
+    return E + apply_gain(K, d - 0.5 * A[oin])
+
+
+ENSEMBLE_ANALYSES = {"stochastic": enkf_analysis, "denkf": denkf_analysis}
+
+
+def ekf_analysis(x, P, y, oin, r):
+    """Kalman update of x (ne, *batch) and P (*batch, ne, ne) with y (me, *batch)."""
+    HP = P[..., oin, :]  # (*batch, me, ne)
+    S = HP[..., oin] + r * np.eye(len(oin))  # H P H^T + R
+    K = np.swapaxes(np.linalg.solve(S, HP), -1, -2)  # P H^T S^-1, S symmetric
+    xa = x + apply_gain(K, (np.asarray(y) - x[oin])[..., None])[..., 0]
+    Pa = P - K @ HP
+    return xa, 0.5 * (Pa + np.swapaxes(Pa, -1, -2))
+
+
+def initial_ensemble(x0, members, var, rng):
+    """Ensemble (ne, *batch, members): x0 (ne, *batch) plus N(0, var) on every entry."""
+    x0 = np.asarray(x0, dtype=float)
+    return x0[..., None] + np.sqrt(var) * rng.standard_normal(x0.shape + (members,))
+
+
+def check_run_inputs(x0, y, oin, settings):
+    """x0, y and oin as arrays, after checking their shapes against the settings."""
+    s = settings.validate()
+    x0 = np.asarray(x0, dtype=float)
+    y = np.asarray(y, dtype=float)
+    oin = np.asarray(oin, dtype=int).reshape(-1)
+    if x0.ndim < 1 or x0.shape[0] != s.ne:
+        raise UserError(f"x0 must have shape (ne={s.ne}, *batch), got {x0.shape}")
+    if oin.size and (oin.min() < 0 or oin.max() >= s.ne):
+        raise UserError(f"observed indices must be in 0..{s.ne - 1}, got {oin}")
+    want = (oin.size, *x0.shape[1:], s.nb + 1)
+    if y.shape != want:
+        raise UserError(f"y must have shape (me, *batch, nb+1) = {want}, got {y.shape}")
+    return x0, y, oin
+
+
+def check_not_negative(**values):
+    """Raise a UserError for the first keyword whose value is negative."""
+    for name, value in values.items():
+        if value < 0:
+            raise UserError(f"{name} must not be negative, got {value}")
+
+
+def run_free(x0, y, oin, settings, rng=None, model=None):
+    """Trajectory (ne, *batch, nt+1) of the model from x0 without assimilation."""
+    x0, y, oin = check_run_inputs(x0, y, oin, settings)
+    step, _ = model or lorenz96_model(settings)
+    s = settings
+    return cycle(x0, s.nt, s.nf, step, lambda x, j: x, lambda x: x, s.dt)
+
+
+def run_enkf(
+    x0,
+    y,
+    oin,
+    settings,
+    rng,
+    members=ENKF_MEMBERS,
+    inflation=ENKF_INFLATION,
+    q=ENKF_Q,
+    kind="stochastic",
+    model=None,
+):
+    """Ensemble-mean trajectory (ne, *batch, nt+1) of a cycled EnKF of the given kind.
+
+    The first draw from rng is the initial ensemble x0 + N(0, var_init). Every time
+    step adds N(0, q) noise to every member (none when q = 0), every analysis
+    multiplies the analysis anomalies by inflation. With no observed variable no
+    analysis is made, so the result is the mean of the free ensemble.
+    """
+    x0, y, oin = check_run_inputs(x0, y, oin, settings)
+    if members < 2:
+        raise UserError(
+            f"npe/ensemble size must be at least 2 for the EnKF, got {members}"
+        )
+    check_not_negative(inflation=inflation, q=q)
+    if kind not in ENSEMBLE_ANALYSES:
+        raise UserError(f"kind must be one of {list(ENSEMBLE_ANALYSES)}, got {kind!r}")
+    analysis = ENSEMBLE_ANALYSES[kind]
+    step, _ = model or lorenz96_model(settings)
+    s = settings
+
+    def forecast(E):
+        E = step(E)
+        return E + np.sqrt(q) * rng.standard_normal(E.shape) if q > 0 else E
+
+    def analyse(E, j):
+        if oin.size == 0:
+            return E
+        return inflate(analysis(E, y[..., j], oin, s.var_obs, rng), inflation)
+
+    E0 = initial_ensemble(x0, members, s.var_init, rng)
+    return cycle(E0, s.nt, s.nf, forecast, analyse, lambda E: E.mean(-1), s.dt)
+
+
+def run_denkf(
+    x0,
+    y,
+    oin,
+    settings,
+    rng,
+    members=DENKF_MEMBERS,
+    inflation=DENKF_INFLATION,
+    q=DENKF_Q,
+    model=None,
+):
+    """Ensemble-mean trajectory (ne, *batch, nt+1) of a cycled DEnKF; see run_enkf."""
+    return run_enkf(x0, y, oin, settings, rng, members, inflation, q, "denkf", model)
+
+
+def run_ekf(
+    x0, y, oin, settings, rng=None, inflation=EKF_INFLATION, q=EKF_Q, model=None
+):
+    """Mean trajectory (ne, *batch, nt+1) of a cycled extended Kalman filter.
+
+    P starts at var_init I and is propagated every step as M P M^T + q I with M the
+    model Jacobian at the state before the step; each analysis covariance is
+    multiplied by inflation**2 (inflation scales standard deviations). With no
+    observed variable the mean is the free run exactly.
+    """
+    x0, y, oin = check_run_inputs(x0, y, oin, settings)
+    check_not_negative(inflation=inflation, q=q)
+    step, jacobian = model or lorenz96_model(settings)
+    s = settings
+    eye = np.eye(s.ne)
+    P0 = np.broadcast_to(s.var_init * eye, x0.shape[1:] + eye.shape)
+
+    def forecast(state):
+        x, P = state
+        M = jacobian(x)
+        return step(x), M @ P @ np.swapaxes(M, -1, -2) + q * eye
+
+    def analyse(state, j):
+        if oin.size == 0:
+            return state
+        x, P = ekf_analysis(*state, y[..., j], oin, s.var_obs)
+        return x, inflation**2 * P
+
+    return cycle((x0, P0), s.nt, s.nf, forecast, analyse, lambda st: st[0], s.dt)
+
+
+def run_nudging(x0, y, oin, settings, rng=None, gain=NUDGING_GAIN, model=None):
+    """Trajectory (ne, *batch, nt+1) nudged at each analysis step j nf.
+
+    The observed variables move as x[oin] += gain (y_j - x[oin]): gain 0 is the
+    free run, gain 1 direct insertion of the observations.
+    """
+    x0, y, oin = check_run_inputs(x0, y, oin, settings)
+    check_not_negative(gain=gain)
+    step, _ = model or lorenz96_model(settings)
+    s = settings
+
+    def analyse(x, j):
+        x = x.copy()
+        x[oin] += gain * (y[..., j] - x[oin])
+        return x
+
+    return cycle(x0, s.nt, s.nf, step, analyse, lambda x: x, s.dt)
+
+
+BASELINES = {
+    "free run": run_free,
+    "EnKF": run_enkf,
+    "DEnKF": run_denkf,
+    "EKF": run_ekf,
+    "nudging": run_nudging,
+}
+
+
+def run_baselines(x0, y, oin, settings, rng, options=None, model=None):
+    """Mean trajectories (ne, *batch, nt+1) of every method in BASELINES, by name.
+
+    options maps a method name to keyword arguments that replace its defaults. Each
+    method draws from its own child of rng, so the methods do not share noise.
+    """
+    options = options or {}
+    unknown = sorted(set(options) - set(BASELINES))
+    if unknown:
+        raise UserError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
+    children = rng.spawn(len(BASELINES))
+    return {
+        name: run(x0, y, oin, settings, child, model=model, **options.get(name, {}))
+        for (name, run), child in zip(BASELINES.items(), children)
+    }
+
+
+def rmse_second_half(xx, xx_true):
+    """Time mean over the second half of the RMSE over variables, one per truth."""
+    half = xx.shape[-1] // 2
+    err = xx[..., half:] - xx_true[..., half:]
+    return np.sqrt((err**2).mean(0)).mean(-1)

@@ -39,6 +39,7 @@ def main():
     with common.staged_output(config.out) as out:
         # Train on (prior, observed values) -> truth - prior; best model in the .h5
         corrector, history = common.fit_corrector(config, data, oin, rng, out)
+        histories = {"BiLSTM-GRU": history}
 
         # Assimilate the training truth and N_TEST unseen truths, with the baselines
         evaluation = common.evaluation_truths(
@@ -49,7 +50,7 @@ def main():
 
         # Write CSVs, metrics, config and plots
         rows = common.write_results(
-            out, config, evaluation, runs, history, oin, {"ulstm": "BiLSTM-GRU"}
+            out, config, evaluation, runs, histories, oin, {"ulstm": "BiLSTM-GRU"}
         )
 
     # Report
