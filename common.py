@@ -4,7 +4,8 @@ Symbols used in the data-assimilation code:
 
 - ``ne``: number of state variables; ``u`` or ``x``: a state of shape (ne,) or a batch
   of states (ne, ...) with the state on axis 0 and members/truths on later axes.
-- Trajectories carry time on the last axis: ``utrue`` (ne, nt+1), ``uwe`` (ne, npe, nt+1).
+- Trajectories carry time on the last axis: ``utrue`` (ne, nt+1), ``uwe``
+  (ne, npe, nt+1).
 - ``nf``: time steps between observations; ``nb = nt // nf``: number of observation
   times after t=0; observation j is taken at step ``j * nf``.
 - ``oin``: indices of the ``me`` observed variables (the observation operator H picks
@@ -21,7 +22,7 @@ import os
 import shutil
 import sys
 import tempfile
-import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -48,6 +49,10 @@ DATA_FILE = "lstm_data_sparse.npz"
 
 class UserError(Exception):
     """Bad input or an impossible run, reported as one line without a traceback."""
+
+
+class Diverged(UserError):
+    """A state that blew up during integration: a result of the run, not bad input."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,7 @@ def rk4(ne, dt, u, forcing):
 def check_finite(u, step, dt):
     """Raise a UserError naming the step where the state stopped being finite."""
     if not np.all(np.abs(u) <= 1e8):
-        raise UserError(f"the state blew up at step {step} (t={step * dt:.4g})")
+        raise Diverged(f"the state blew up at step {step} (t={step * dt:.4g})")
 
 
 def first_bad_step(traj, dt, every=1, start=0):
@@ -118,7 +123,7 @@ def first_bad_step(traj, dt, every=1, start=0):
     if bad.any():
         index = start + int(np.argmax(bad.reshape(-1, traj.shape[-1]).any(0)))
         step = every * index
-        raise UserError(f"the state blew up at step {step} (t={step * dt:.4g})")
+        raise Diverged(f"the state blew up at step {step} (t={step * dt:.4g})")
 
 
 def integrate(u0, nsteps, dt, forcing, every=1, dtype=float):
@@ -795,22 +800,30 @@ def evaluation_rows(utrue, runs, labels):
     """Metrics per (method, evaluation set), mean and std across that set's truths.
 
     utrue and every run are (ne, B, nt+1); ``labels`` (B,) names the evaluation set
-    of each truth. RMSE is also given over the second half of the window.
+    of each truth. RMSE is also given over the second half of the window. A run that
+    blew up on a truth (NaN trajectory) is counted in "blew up" and left out of the
+    mean and std.
     """
     half = utrue.shape[-1] // 2
     rows = []
     for method, run in runs.items():
         per_truth = metrics(utrue, run, axis=(0, 2))
-        per_truth["RMSE 2nd half"] = metrics(
-            utrue[..., half:], run[..., half:], axis=(0, 2)
-        )["RMSE"]
+        second = metrics(utrue[..., half:], run[..., half:], axis=(0, 2))
+        per_truth["RMSE 2nd half"] = second["RMSE"]
+        finite = np.isfinite(per_truth["RMSE"])
         for label in dict.fromkeys(labels):
             pick = np.asarray(labels) == label
-            row = {"method": method, "evaluation": label, "truths": int(pick.sum())}
+            kept = pick & finite
+            row = {
+                "method": method,
+                "evaluation": label,
+                "truths": int(pick.sum()),
+                "blew up": int((pick & ~finite).sum()),
+            }
             for name, values in per_truth.items():
-                row[name] = float(np.mean(values[pick]))
+                row[name] = float(np.mean(values[kept])) if kept.any() else np.nan
                 row[name + " std"] = (
-                    float(np.std(values[pick], ddof=1)) if pick.sum() > 1 else np.nan
+                    float(np.std(values[kept], ddof=1)) if kept.sum() > 1 else np.nan
                 )
             rows.append(row)
     return rows
@@ -822,6 +835,10 @@ def print_table(rows, title=""):
     def cell(row, name):
         spread = row[name + " std"]
         return f"{row[name]:.3f}" + ("" if np.isnan(spread) else f" ± {spread:.3f}")
+
+    def note(row):
+        blown = row["blew up"]
+        return f"  (blew up on {blown} of {row['truths']})" if blown else ""
 
     lead = "me" in rows[0]
     print(f"\n{title}")
@@ -835,7 +852,7 @@ def print_table(rows, title=""):
             f"{cell(row, name):>17}" for name in ("RMSE", "RMSE 2nd half", "MAE", "R2")
         )
         me = f"{row['me']:<4}" if lead else ""
-        print(f"{me}{row['method']:<26}{row['evaluation']:<16}{cells}")
+        print(f"{me}{row['method']:<26}{row['evaluation']:<16}{cells}{note(row)}")
 
 
 # %% Experiment steps shared by the scripts
@@ -916,7 +933,7 @@ def fit_corrector(config, data, oin, rng, out):
 
 @dataclass
 class Evaluation:
-    """Truths (ne, B, nt+1), observations (ne, B, nb+1) and starts (ne, B) to assimilate.
+    """Truths (ne, B, nt+1), observations (ne, B, nb+1) and starts (ne, B).
 
     Truth 0 is the training truth of the data file; truths 1..B-1 are unseen.
     """
@@ -957,10 +974,63 @@ def assimilate_all(config, evaluation, oin, networks):
     rng = np.random.default_rng([config.seed, 2])
     runs = run_baselines(evaluation.x0, y, oin, s, rng)
     for name, (corrector, scheme) in networks.items():
-        runs[name] = assimilate_network(
-            corrector, evaluation.x0, y, s, config.lookback, scheme
-        )
+
+        def run(x0, y, corrector=corrector, scheme=scheme):
+            return assimilate_network(corrector, x0, y, s, config.lookback, scheme)
+
+        runs[name] = each_or_nan(run, evaluation.x0, y, s.nt, name)
     return runs
+
+
+def each_or_nan(run, x0, y, nt, name="run"):
+    """run(x0, y) for a batch (ne, B) of truths; NaN trajectories where it blows up.
+
+    After a blow-up the batch is split in halves and rerun, so that only the truths
+    that blow up get NaN; a warning says how many did.
+    """
+    result = _halves_after_blowup(run, x0, y, nt)
+    blown = int(np.isnan(result[0, :, -1]).sum())
+    if blown:
+        warnings.warn(
+            f"{name} blew up on {blown} of {x0.shape[1]} truths", stacklevel=2
+        )
+    return result
+
+
+def _halves_after_blowup(run, x0, y, nt):
+    try:
+        return run(x0, y)
+    except Diverged:
+        if x0.shape[1] == 1:
+            return np.full(x0.shape + (nt + 1,), np.nan)
+    half = x0.shape[1] // 2
+    parts = [slice(0, half), slice(half, None)]
+    return np.concatenate(
+        [_halves_after_blowup(run, x0[:, p], y[:, p], nt) for p in parts], 1
+    )
+
+
+def experiment(config, data, oin, rng, out, schemes=None):
+    """Train one network, assimilate with it next to the baselines, write everything.
+
+    ``schemes`` maps a CSV stem to (method name, deployment scheme), by default
+    ``{"ulstm": ("BiLSTM-GRU", "feedback")}``. Returns the metric rows, the
+    evaluation truths and the runs.
+    """
+    schemes = schemes or {"ulstm": ("BiLSTM-GRU", "feedback")}
+    # Train on (prior, observed values) -> truth - prior; best model in the .h5
+    corrector, history = fit_corrector(config, data, oin, rng, out)
+
+    # Assimilate the training truth and N_TEST unseen truths, with the baselines
+    evaluation = evaluation_truths(data, config.settings, config.n_test, config.seed)
+    networks = {name: (corrector, scheme) for name, scheme in schemes.values()}
+    runs = assimilate_all(config, evaluation, oin, networks)
+
+    # Write CSVs, metrics, config and plots
+    csv_names = {stem: name for stem, (name, _) in schemes.items()}
+    histories = {"BiLSTM-GRU": history}
+    rows = write_results(out, config, evaluation, runs, histories, oin, csv_names)
+    return rows, evaluation, runs
 
 
 def observation_study(config, data, rng, out, trainings):
@@ -1065,7 +1135,7 @@ def plot_experiment(out, t, tobs, evaluation, runs, oin, networks):
 
 
 def plot_series(path, t, tobs, evaluation, runs, oin, networks):
-    """Three variables of the training truth: observations, truth, free run, networks."""
+    """Three variables of the training truth: observations, truth and every run."""
     plt = _pyplot()
     ne = evaluation.utrue.shape[0]
     variables = [int(oin[0]), int(oin[0]) + 1, ne // 2]
@@ -1137,21 +1207,30 @@ def plot_loss(path, histories):
 
 
 def plot_rmse_against_me(path, rows):
-    """RMSE against the number of observed variables, one line per method and set."""
+    """RMSE against the observed count: a colour per method, a line style per set."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    methods = dict.fromkeys((row["method"], row["evaluation"]) for row in rows)
-    for method, label in methods:
-        picked = [r for r in rows if (r["method"], r["evaluation"]) == (method, label)]
-        me = [r["me"] for r in picked]
-        rmse = [r["RMSE"] for r in picked]
-        spread = np.nan_to_num([r["RMSE std"] for r in picked])
-        style = "o-" if label == "unseen truths" else "s:"
-        ax.errorbar(
-            me, rmse, yerr=spread, fmt=style, capsize=3, label=f"{method}, {label}"
-        )
-    ax.set(xlabel="observed variables me", ylabel="RMSE", yscale="log")
-    ax.legend(fontsize=7, ncol=2)
+    fig, ax = plt.subplots(figsize=(9, 5))
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    styles = {"training truth": ("s", ":"), "unseen truths": ("o", "-")}
+    for label, (marker, line) in styles.items():
+        for colour, method in enumerate(methods):
+            picked = [
+                r for r in rows if (r["method"], r["evaluation"]) == (method, label)
+            ]
+            ax.errorbar(
+                [r["me"] for r in picked],
+                [r["RMSE"] for r in picked],
+                yerr=np.nan_to_num([r["RMSE std"] for r in picked]),
+                color=f"C{colour}",
+                marker=marker,
+                linestyle=line,
+                capsize=3,
+                label=f"{method}, {label}",
+            )
+    counts = sorted({row["me"] for row in rows})
+    ax.set(xlabel="observed variables me", ylabel="RMSE", xscale="log", yscale="log")
+    ax.set_xticks(counts, [str(me) for me in counts])
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     _save(fig, path)
 
 
@@ -1189,46 +1268,48 @@ def plot_generator(out, settings, utrue, uobs, runs, oin):
 
 # %% Classical filters (baselines on the same truths and observations)
 
-ENKF_MEMBERS = 40  # placeholder, set from the sweep
-ENKF_INFLATION = 1.05  # placeholder, set from the sweep
-ENKF_Q = 0.0  # placeholder, set from the sweep
-DENKF_MEMBERS = 40  # placeholder, set from the sweep
-DENKF_INFLATION = 1.05  # placeholder, set from the sweep
-DENKF_Q = 0.0  # placeholder, set from the sweep
-EKF_INFLATION = 1.0  # placeholder, set from the sweep
-EKF_Q = 0.0  # placeholder, set from the sweep
-NUDGING_GAIN = 0.5  # placeholder, set from the sweep
+# Defaults from tune_baselines.py (ne=40, me=4, nf=10, 3 truths): the lowest
+# second-half RMSE among settings that blew up on no truth. With 4 of 40 variables
+# observed and no localization none of the filters tracks the truth (RMSE 1-6).
+ENKF_MEMBERS = 40  # tried 20, 40; 20 blew up at every inflation below 1.2
+ENKF_INFLATION = 1.1  # tried 1.0-1.2; below 1.1 it blew up on 1-2 of 3 truths
+ENKF_Q = 0.0  # model-noise variance per step; tried 0, 1e-4
+DENKF_MEMBERS = 40  # tried 20, 40
+DENKF_INFLATION = 1.0  # tried 1.0-1.2; RMSE 1.2 at 1.0, 2.6 at 1.02, 4.3 at 1.05
+DENKF_Q = 0.0  # tried 0, 1e-4
+EKF_INFLATION = 0.9  # tried 0.9-1.1; at 0.95 and above it blew up on 2-3 of 3 truths
+EKF_Q = 1e-3  # tried 0-1e-3; RMSE 3.6 at 1e-3, 5.3 at 1e-4 (free run: 6.2)
+NUDGING_GAIN = 0.2  # tried 0-1; RMSE 5.6 at 0.2 against 6.2 for the free run
 
 
-def rhs_tangent(u, du):
-    """Analytic Jacobian of rhs at u (ne, ...) applied to du (ne, ..., *directions)."""
-    u = u.reshape(u.shape + (1,) * (du.ndim - u.ndim))
-    return (
-        (np.roll(du, -1, 0) - np.roll(du, 2, 0)) * np.roll(u, 1, 0)
-        + (np.roll(u, -1, 0) - np.roll(u, 2, 0)) * np.roll(du, 1, 0)
-        - du
-    )
+def rhs_jacobian(ne, u):
+    """Analytic Jacobian of rhs at u (ne, *batch), shape (*batch, ne, ne); ne >= 4."""
+    i = np.arange(ne)
+    ub = np.moveaxis(u, 0, -1)  # (*batch, ne)
+    J = np.zeros(ub.shape + (ne,))
+    J[..., i, (i + 1) % ne] = ub[..., i - 1]
+    J[..., i, i - 2] = -ub[..., i - 1]
+    J[..., i, i - 1] = ub[..., (i + 1) % ne] - ub[..., i - 2]
+    J[..., i, i] = -1.0
+    return J
 
 
 def rk4_jacobian(ne, dt, u, forcing):
     """Jacobian of one rk4 step at u (ne, *batch), shape (*batch, ne, ne).
 
-    Chain rule through the four stages, each stage's Jacobian applied to the columns
-    of the identity, so the cost is O(ne^2) per state rather than O(ne^3).
+    Chain rule through the stages: stage s has Jacobian D_s = J(u_s) (I + c_s dt
+    D_{s-1}) with J the Jacobian of rhs at the stage state u_s.
     """
     u = np.asarray(u, dtype=float)
-    eye = np.eye(ne).reshape((ne,) + (1,) * (u.ndim - 1) + (ne,))
-    eye = np.broadcast_to(eye, u.shape + (ne,))  # columns: unit perturbations
-    k1 = rhs(ne, u, forcing)
-    d1 = rhs_tangent(u, eye)
-    u2 = u + 0.5 * dt * k1
-    d2 = rhs_tangent(u2, eye + 0.5 * dt * d1)
+    eye = np.eye(ne)
+    u2 = u + 0.5 * dt * rhs(ne, u, forcing)
     u3 = u + 0.5 * dt * rhs(ne, u2, forcing)
-    d3 = rhs_tangent(u3, eye + 0.5 * dt * d2)
     u4 = u + dt * rhs(ne, u3, forcing)
-    d4 = rhs_tangent(u4, eye + dt * d3)
-    M = eye + dt / 6.0 * (d1 + 2.0 * (d2 + d3) + d4)  # M[i, ..., j] = d out_i / d u_j
-    return np.moveaxis(M, 0, -2)
+    D1 = rhs_jacobian(ne, u)
+    D2 = rhs_jacobian(ne, u2) @ (eye + 0.5 * dt * D1)
+    D3 = rhs_jacobian(ne, u3) @ (eye + 0.5 * dt * D2)
+    D4 = rhs_jacobian(ne, u4) @ (eye + dt * D3)
+    return eye + dt / 6.0 * (D1 + 2.0 * (D2 + D3) + D4)
 
 
 def lorenz96_model(settings):
@@ -1331,12 +1412,24 @@ def check_not_negative(**values):
             raise UserError(f"{name} must not be negative, got {value}")
 
 
+class FilterDiverged(UserError):
+    """A cycled run whose state blew up: a result of the method, not bad input."""
+
+
+def cycle_filter(x0, settings, forecast, analyse, record):
+    """cycle() over the steps of settings, raising FilterDiverged on a blow-up."""
+    s = settings
+    try:
+        return cycle(x0, s.nt, s.nf, forecast, analyse, record, s.dt)
+    except UserError as error:
+        raise FilterDiverged(str(error)) from error
+
+
 def run_free(x0, y, oin, settings, rng=None, model=None):
     """Trajectory (ne, *batch, nt+1) of the model from x0 without assimilation."""
     x0, y, oin = check_run_inputs(x0, y, oin, settings)
     step, _ = model or lorenz96_model(settings)
-    s = settings
-    return cycle(x0, s.nt, s.nf, step, lambda x, j: x, lambda x: x, s.dt)
+    return cycle_filter(x0, settings, step, lambda x, j: x, lambda x: x)
 
 
 def run_enkf(
@@ -1380,7 +1473,7 @@ def run_enkf(
         return inflate(analysis(E, y[..., j], oin, s.var_obs, rng), inflation)
 
     E0 = initial_ensemble(x0, members, s.var_init, rng)
-    return cycle(E0, s.nt, s.nf, forecast, analyse, lambda E: E.mean(-1), s.dt)
+    return cycle_filter(E0, settings, forecast, analyse, lambda E: E.mean(-1))
 
 
 def run_denkf(
@@ -1426,7 +1519,7 @@ def run_ekf(
         x, P = ekf_analysis(*state, y[..., j], oin, s.var_obs)
         return x, inflation**2 * P
 
-    return cycle((x0, P0), s.nt, s.nf, forecast, analyse, lambda st: st[0], s.dt)
+    return cycle_filter((x0, P0), settings, forecast, analyse, lambda xP: xP[0])
 
 
 def run_nudging(x0, y, oin, settings, rng=None, gain=NUDGING_GAIN, model=None):
@@ -1438,14 +1531,13 @@ def run_nudging(x0, y, oin, settings, rng=None, gain=NUDGING_GAIN, model=None):
     x0, y, oin = check_run_inputs(x0, y, oin, settings)
     check_not_negative(gain=gain)
     step, _ = model or lorenz96_model(settings)
-    s = settings
 
     def analyse(x, j):
         x = x.copy()
         x[oin] += gain * (y[..., j] - x[oin])
         return x
 
-    return cycle(x0, s.nt, s.nf, step, analyse, lambda x: x, s.dt)
+    return cycle_filter(x0, settings, step, analyse, lambda x: x)
 
 
 BASELINES = {
@@ -1457,21 +1549,46 @@ BASELINES = {
 }
 
 
+def run_or_nan(run, x0, y, oin, settings, rng, **options):
+    """run(), repeated truth by truth after a blow-up; NaN for truths that blow up."""
+    x0, y = np.asarray(x0, dtype=float), np.asarray(y, dtype=float)
+    try:
+        return run(x0, y, oin, settings, rng, **options)
+    except FilterDiverged:
+        if x0.ndim == 1:
+            return np.full(x0.shape + (settings.nt + 1,), np.nan)
+        each = [
+            run_or_nan(run, x0[:, b], y[:, b], oin, settings, rng, **options)
+            for b in range(x0.shape[1])
+        ]
+        return np.stack(each, 1)
+
+
 def run_baselines(x0, y, oin, settings, rng, options=None, model=None):
     """Mean trajectories (ne, *batch, nt+1) of every method in BASELINES, by name.
 
     options maps a method name to keyword arguments that replace its defaults. Each
-    method draws from its own child of rng, so the methods do not share noise.
+    method draws from its own child of rng. A method that blows up is rerun truth by
+    truth; the truths where it blows up get NaN trajectories and a warning.
     """
+    import warnings
+
     options = options or {}
     unknown = sorted(set(options) - set(BASELINES))
     if unknown:
         raise UserError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
-    children = rng.spawn(len(BASELINES))
-    return {
-        name: run(x0, y, oin, settings, child, model=model, **options.get(name, {}))
-        for (name, run), child in zip(BASELINES.items(), children)
-    }
+    out = {}
+    for (name, run), child in zip(BASELINES.items(), rng.spawn(len(BASELINES))):
+        kw = {"model": model, **options.get(name, {})}
+        out[name] = run_or_nan(run, x0, y, oin, settings, child, **kw)
+        blown = np.isnan(out[name][..., -1]).any(0)
+        if blown.any():
+            warnings.warn(
+                f"{name} blew up on {blown.sum()} of {blown.size} truths; "
+                "their trajectories are NaN",
+                stacklevel=2,
+            )
+    return out
 
 
 def rmse_second_half(xx, xx_true):

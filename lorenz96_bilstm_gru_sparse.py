@@ -76,9 +76,8 @@ def main():
         )
         arrays = dict(utrue=utrue, uobs=uobs, uwe=uwe, uw=uw, uenkf=uenkf, oin=oin)
         common.save_npz(config.data, **arrays, **record)
-    print(
-        f"saved {config.data} and plots in {config.out}: {time.perf_counter() - clock:.2f} s"
-    )
+    elapsed = time.perf_counter() - clock
+    print(f"saved {config.data} and plots in {config.out}: {elapsed:.2f} s")
 
     # Report
     print(f"\n{'run':<10}{'MAE':>9}{'MSE':>9}{'RMSE':>9}{'R2':>9}")

@@ -363,3 +363,16 @@ def test_bad_input_raises_user_error(name):
     call, message = bad_calls()[name]
     with pytest.raises(UserError, match=message):
         call()
+
+
+def test_run_baselines_gives_nan_for_truths_that_blow_up():
+    # x -> 2.5 x keeps the truth x0 = 0 at 0 and takes x0 = 1 past 1e8 in 30 steps.
+    s = Settings(ne=4, dt=1.0, tmax=30.0, nf=2, var_obs=0.5, var_init=0.0)
+    x0 = np.stack([np.zeros(4), np.ones(4)], 1)
+    y, oin = np.zeros((0, 2, s.nb + 1)), np.array([], dtype=int)
+    model = linear_model(2.5 * np.eye(4))
+    with pytest.warns(UserWarning, match="blew up on 1 of 2 truths"):
+        out = run_baselines(x0, y, oin, s, np.random.default_rng(17), model=model)
+    for name in BASELINES:
+        assert np.all(np.isfinite(out[name][:, 0])), name
+        assert np.all(np.isnan(out[name][:, 1])), name

@@ -6,6 +6,8 @@ import pytest
 
 from common import (
     Corrector,
+    Diverged,
+    each_or_nan,
     Settings,
     assimilate_network,
     build_model,
@@ -122,3 +124,18 @@ def test_metrics_hand_case():
     m = metrics(truth, estimate)
     assert np.isclose(m["MAE"], 1.0) and np.isclose(m["MSE"], 1.5)
     assert np.isclose(m["RMSE"], np.sqrt(1.5)) and np.isclose(m["R2"], 1 - 6 / 5)
+
+
+def test_a_blow_up_gives_nan_for_that_truth_only():
+    x0, y = observed_setup(batch=4)
+
+    def run(x0, y):  # blows up on truths whose first variable is above 8
+        if (x0[0] > 8.0).any():
+            raise Diverged("the state blew up at step 3 (t=0.015)")
+        return np.repeat(x0[..., None], SMALL.nt + 1, -1)
+
+    x0[0] = [7.0, 9.0, 7.5, 9.5]
+    with pytest.warns(UserWarning, match="blew up on 2 of 4 truths"):
+        result = each_or_nan(run, x0, y, SMALL.nt, "test")
+    assert np.isnan(result[:, [1, 3]]).all()
+    assert np.array_equal(result[:, [0, 2], 0], x0[:, [0, 2]])
