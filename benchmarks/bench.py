@@ -37,7 +37,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import common
+import common  # noqa: E402 (needs the repository root on sys.path)
 
 GENERATOR = os.path.join(ROOT, "lorenz96_bilstm_gru_sparse.py")
 TABLE_HEADER = (
@@ -434,7 +434,7 @@ import sys
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot
-import common
+import common  # noqa: E402 (needs the repository root on sys.path)
 """
 
 
@@ -527,7 +527,7 @@ def constant_model(nfeatures, ne, units):
 
 
 def scaling_table(size, repeats, rng):
-    """Time of each stage against ne (at the largest npe) and npe (at the smallest ne)."""
+    """Time of each stage against ne (at the largest npe) and npe (smallest ne)."""
     largest, smallest = max(size.scaling_npe), min(size.scaling_ne)
     cells = [(ne, largest) for ne in size.scaling_ne]
     cells += [(smallest, npe) for npe in size.scaling_npe if npe != largest]
