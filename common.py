@@ -114,11 +114,15 @@ def check_finite(u, step, dt):
         raise Diverged(f"the state blew up at step {step} (t={step * dt:.4g})")
 
 
-def first_bad_step(traj, dt, every=1):
-    """Raise a UserError at the first time index where a trajectory is not finite."""
+def first_bad_step(traj, dt, every=1, start=0):
+    """Raise a UserError at the first time index where a trajectory is not finite.
+
+    Time is on the last axis and traj[..., 0] is time index ``start``.
+    """
     bad = ~(np.abs(traj) <= 1e8)
     if bad.any():
-        step = every * int(np.argmax(bad.reshape(-1, traj.shape[-1]).any(0)))
+        index = start + int(np.argmax(bad.reshape(-1, traj.shape[-1]).any(0)))
+        step = every * index
         raise Diverged(f"the state blew up at step {step} (t={step * dt:.4g})")
 
 
@@ -129,7 +133,9 @@ def integrate(u0, nsteps, dt, forcing, every=1, dtype=float):
     kept, which saves memory for large ensembles, as does ``dtype=np.float32`` for the
     stored trajectory (the integration itself stays in float64). States are gathered
     in a small time-major block and copied out block by block, because writing one
-    time column at a time into the time-last array is slower than the RK4 step.
+    time column at a time into the time-last array is slower than the RK4 step. Each
+    block is checked for blow-up before it is copied, so that no temporary as large
+    as the trajectory is made.
     """
     u = np.asarray(u0, dtype=float)
     ne, nkeep = u.shape[0], nsteps // every + 1
@@ -142,12 +148,18 @@ def integrate(u0, nsteps, dt, forcing, every=1, dtype=float):
             if k % every:
                 continue
             if filled == len(block):
-                out[..., start : start + filled] = np.moveaxis(block, 0, -1)
+                _store(out, block, start, dt, every)
                 start, filled = start + filled, 0
             block[filled], filled = u, filled + 1
-    out[..., start : start + filled] = np.moveaxis(block[:filled], 0, -1)
-    first_bad_step(out, dt, every)
+    _store(out, block[:filled], start, dt, every)
     return out
+
+
+def _store(out, block, start, dt, every):
+    """Check a time-major block of states, then copy it into out[..., start:]."""
+    states = np.moveaxis(block, 0, -1)
+    first_bad_step(states, dt, every, start)
+    out[..., start : start + len(block)] = states
 
 
 def spin_up(settings, rng=None, nbatch=None):
