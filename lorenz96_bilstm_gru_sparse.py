@@ -58,7 +58,12 @@ def main():
     # EnKF baseline on the observed variables
     clock = time.perf_counter()
     x0 = common.perturb(u0, s.var_init, rng)
-    uenkf = common.run_enkf(x0, uobs[oin], oin, s, rng, members=config.npe)
+
+    def enkf(x0, y):
+        return common.run_enkf(x0, y, oin, s, rng, members=config.npe)
+
+    # a filter that blows up is a result (NaN), not a reason to lose the data file
+    uenkf = common.each_or_nan(enkf, x0[:, None], uobs[oin, None], s.nt, "EnKF")[:, 0]
     print(f"EnKF with {config.npe} members: {time.perf_counter() - clock:.2f} s")
     runs = {"free run": uw, "EnKF": uenkf}
     rows = [{"run": name, **common.metrics(utrue, run)} for name, run in runs.items()]
