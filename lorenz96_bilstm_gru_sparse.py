@@ -19,6 +19,7 @@ import common
 ME = common.ME  # observed variables the EnKF baseline assimilates
 NPE = common.NPE  # prior trajectories in uwe, also the EnKF's ensemble size
 SEED = common.SEED  # seeds every random draw of the run
+ENKF_LOCALIZATION = float("inf")  # none: 400 members suffice; with few members, 10
 UWE_DTYPE = "float64"  # "float32" halves the size of uwe (for large ne)
 UWE_EVERY = 1  # keep every n-th step of uwe; set it to NF to keep observation times
 
@@ -60,7 +61,8 @@ def main():
     x0 = common.perturb(u0, s.var_init, rng)
 
     def enkf(x0, y):
-        return common.run_enkf(x0, y, oin, s, rng, members=config.npe)
+        radius = config.enkf_localization
+        return common.run_enkf(x0, y, oin, s, rng, config.npe, localization=radius)
 
     # a filter that blows up is a result (NaN), not a reason to lose the data file
     uenkf = common.each_or_nan(enkf, x0[:, None], uobs[oin, None], s.nt, "EnKF")[:, 0]

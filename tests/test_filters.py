@@ -2,8 +2,11 @@
 
 The expected values come from code written here, not from common.py: finite
 differences for the Jacobian, a plain Kalman filter for the linear Gaussian case,
-closed-form scalar updates, and integrate() for runs without observations.
+closed-form scalar updates, integrate() for runs without observations, and the
+Gaspari-Cohn polynomial evaluated by hand.
 """
+
+import warnings
 
 import numpy as np
 import pytest
@@ -15,8 +18,11 @@ from common import (
     denkf_analysis,
     ekf_analysis,
     enkf_analysis,
+    gaspari_cohn,
     inflate,
     integrate,
+    localization_matrix,
+    ring_distance,
     rk4,
     rk4_jacobian,
     rmse_second_half,
@@ -223,6 +229,208 @@ def test_batched_analyses_equal_one_at_a_time():
         np.testing.assert_allclose(Pa[b], P1, atol=1e-12)
 
 
+# %% Localization
+
+L96_OIN = np.array([9, 19, 29, 39])  # the default observed variables of ne=40, me=4
+
+
+@pytest.mark.parametrize("c", [0.4, 1.0, 2.5, 10.0])
+def test_gaspari_cohn_hand_values(c):
+    # With z = d / c the taper is, for z <= 1,
+    #   -z^5/4 + z^4/2 + 5 z^3/8 - 5 z^2/3 + 1,
+    # at z = 1: -1/4 + 1/2 + 5/8 - 5/3 + 1 = (-6 + 12 + 15 - 40 + 24)/24 = 5/24;
+    # at z = 1/2: -1/128 + 1/32 + 5/64 - 5/12 + 1 = (-3 + 12 + 30 - 160 + 384)/384
+    # = 263/384. For 1 < z < 2 it is
+    #   z^5/12 - z^4/2 + 5 z^3/8 + 5 z^2/3 - 5 z + 4 - 2/(3 z),
+    # at z = 1 again (2 - 12 + 15 + 40 - 120 + 96 - 16)/24 = 5/24; at z = 3/2, over
+    # 1152: (729 - 2916 + 2430 + 4320 - 8640 + 4608 - 512)/1152 = 19/1152; at z = 2:
+    # 8/3 - 8 + 5 + 20/3 - 10 + 4 - 1/3 = 0.
+    assert gaspari_cohn(0.0, c) == 1.0
+    assert gaspari_cohn(c, c) == pytest.approx(5 / 24, rel=1e-14)
+    assert gaspari_cohn(c * (1 - 1e-9), c) == pytest.approx(5 / 24, rel=1e-8)
+    assert gaspari_cohn(c * (1 + 1e-9), c) == pytest.approx(5 / 24, rel=1e-8)
+    assert gaspari_cohn(0.5 * c, c) == pytest.approx(263 / 384, rel=1e-14)
+    assert gaspari_cohn(1.5 * c, c) == pytest.approx(19 / 1152, rel=1e-12)
+    beyond = np.array([2.0, 2.0 + 1e-12, 2.5, 7.0, 1e6]) * c
+    assert np.all(gaspari_cohn(beyond, c) == 0.0)
+
+
+@pytest.mark.parametrize("c", [0.4, 3.0, 10.0])
+def test_gaspari_cohn_decreases_and_is_symmetric(c):
+    d = np.linspace(0.0, 2 * c, 2001)
+    f = gaspari_cohn(d, c)
+    assert np.all(np.diff(f) < 0)  # strictly, up to the zero at 2c
+    assert np.all((f >= 0) & (f <= 1))
+    np.testing.assert_array_equal(gaspari_cohn(-d, c), f)
+
+
+def test_gaspari_cohn_with_infinite_radius_is_one():
+    d = np.array([0.0, 1.0, 17.0, 1e9])
+    np.testing.assert_array_equal(gaspari_cohn(d, np.inf), np.ones(4))
+
+
+def test_ring_distance_hand_cases():
+    assert ring_distance(10, 0, 9) == 1
+    assert ring_distance(10, 9, 0) == 1
+    assert ring_distance(10, 2, 7) == 5
+    assert ring_distance(10, 1, 8) == 3
+    assert ring_distance(10, 4, 4) == 0
+    i = np.arange(10)
+    D = ring_distance(10, i[:, None], i)
+    np.testing.assert_array_equal(D, D.T)
+    np.testing.assert_array_equal(D[0], [0, 1, 2, 3, 4, 5, 4, 3, 2, 1])
+
+
+def test_localization_matrix_hand_values():
+    rho_xy, rho_yy = localization_matrix(40, L96_OIN, 4.0)
+    assert rho_xy.shape == (40, 4) and rho_yy.shape == (4, 4)
+    np.testing.assert_array_equal(rho_xy[L96_OIN, np.arange(4)], np.ones(4))
+    np.testing.assert_array_equal(rho_yy, np.eye(4))  # 10 apart, support 8
+    assert rho_xy[13, 0] == pytest.approx(5 / 24)  # distance 4 = c from 9
+    assert rho_xy[1, 3] == pytest.approx(263 / 384)  # distance 2 from 39 round
+    assert rho_xy[15, 0] == pytest.approx(19 / 1152)  # distance 6 = 1.5 c
+    assert rho_xy[17, 0] == 0.0 and rho_xy[1, 0] == 0.0  # distance 8 = 2 c
+    rho_ones = localization_matrix(40, L96_OIN, np.inf)
+    np.testing.assert_array_equal(rho_ones[0], np.ones((40, 4)))
+    np.testing.assert_array_equal(rho_ones[1], np.ones((4, 4)))
+
+
+def test_localization_radius_above_quarter_ring_warns():
+    with pytest.warns(UserWarning, match="ne/4"):
+        localization_matrix(40, L96_OIN, 12.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for radius in [0.4, 10.0, np.inf]:
+            localization_matrix(40, L96_OIN, radius)
+
+
+@pytest.mark.parametrize("kind", ["stochastic", "denkf"])
+def test_infinite_radius_equals_unlocalized_analysis(kind):
+    rng = np.random.default_rng(20)
+    E, y = rng.standard_normal((6, 2, 8)), rng.standard_normal((2, 2))
+    oin, r = np.array([1, 4]), 0.3
+    rho = localization_matrix(6, oin, np.inf)
+    plain = ANALYSES[kind](E, y, oin, r, np.random.default_rng(21))
+    tapered = ANALYSES[kind](E, y, oin, r, np.random.default_rng(21), rho)
+    np.testing.assert_array_equal(tapered, plain)
+
+
+@pytest.mark.parametrize("kind", ["stochastic", "denkf"])
+def test_tiny_radius_changes_only_observed_variables(kind):
+    rng = np.random.default_rng(22)
+    E = 5.0 + 2.0 * rng.standard_normal((40, 3, 10))
+    y = 5.0 + rng.standard_normal((4, 3))
+    rho = localization_matrix(40, L96_OIN, 0.4)  # support 0.8 < 1 grid point
+    Ea = ANALYSES[kind](E, y, L96_OIN, 0.1, rng, rho)
+    unobserved = np.setdiff1d(np.arange(40), L96_OIN)
+    np.testing.assert_array_equal(Ea[unobserved], E[unobserved])
+    assert np.all(Ea[L96_OIN] != E[L96_OIN])
+
+
+def test_tiny_radius_denkf_is_a_scalar_update_per_observed_variable():
+    rng = np.random.default_rng(23)
+    E = 5.0 + 2.0 * rng.standard_normal((40, 3, 10))
+    y, r = 5.0 + rng.standard_normal((4, 3)), 0.1
+    rho = localization_matrix(40, L96_OIN, 0.4)
+    Ea = denkf_analysis(E, y, L96_OIN, r, rho=rho)
+    for m, i in enumerate(L96_OIN):
+        for b in range(3):
+            x = E[i, b]
+            k = x.var(ddof=1) / (x.var(ddof=1) + r)
+            expected = x.mean() + k * (y[m, b] - x.mean())
+            expected = expected + (1 - 0.5 * k) * (x - x.mean())
+            np.testing.assert_allclose(Ea[i, b], expected, rtol=1e-12)
+
+
+def test_tiny_radius_ekf_updates_each_observed_variable_alone():
+    # With a taper of support < 1 grid point the analysis sees only the diagonal of
+    # the forecast P: the unobserved variables keep their forecast values, and each
+    # observed one gets a scalar Kalman update with its own forecast variance.
+    x0, y = linear_problem(nbatch=2, seed=24)
+    s, q, M = LINEAR, LINEAR_Q, M_LINEAR
+    options = {"inflation": 1.0, "q": q, "localization": 0.4}
+    xx = run_ekf(x0, y, LINEAR_OIN, s, model=linear_model(M), **options)
+    step, _ = linear_model(M)
+    for k in range(s.nf, s.nt + 1, s.nf):
+        forecast = step(xx[..., k - 1])
+        np.testing.assert_array_equal(xx[[1, 3], :, k], forecast[[1, 3]])
+    for b in range(2):
+        x, P = x0[:, b].copy(), s.var_init * np.eye(4)
+        for k in range(1, s.nt + 1):
+            x, P = M @ x, M @ P @ M.T + q * np.eye(4)
+            if k % s.nf == 0:
+                d = np.diag(P).copy()
+                for m, i in enumerate(LINEAR_OIN):
+                    gain = d[i] / (d[i] + s.var_obs)
+                    x[i] += gain * (y[m, b, k // s.nf] - x[i])
+                    d[i] *= 1 - gain
+                P = np.diag(d)
+            np.testing.assert_allclose(xx[:, b, k], x, rtol=1e-12, atol=1e-14)
+
+
+def test_batched_localized_analyses_equal_one_at_a_time():
+    rng = np.random.default_rng(25)
+    oin, r = np.array([1, 4]), 0.3
+    rho = localization_matrix(6, oin, 1.5)
+    E, y = rng.standard_normal((6, 2, 3, 10)), rng.standard_normal((2, 2, 3))
+    Ea = denkf_analysis(E, y, oin, r, rho=rho)
+    for b in np.ndindex(2, 3):
+        i = (slice(None),) + b
+        one = denkf_analysis(E[i], y[i], oin, r, rho=rho)
+        np.testing.assert_allclose(Ea[i], one, atol=1e-12)
+
+
+def unlocalized_ensemble_run(kind, x0, y, oin, s, rng, members, inflation):
+    """Ensemble means of a cycled EnKF written here, with the unlocalized analyses."""
+    E = x0[..., None] + np.sqrt(s.var_init) * rng.standard_normal(x0.shape + (members,))
+    means = [E.mean(-1)]
+    for k in range(1, s.nt + 1):
+        E = rk4(s.ne, s.dt, E, s.forcing)
+        if k % s.nf == 0:
+            Ea = ANALYSES[kind](E, y[..., k // s.nf], oin, s.var_obs, rng)
+            E = inflate(Ea, inflation)
+        means.append(E.mean(-1))
+    return np.stack(means, -1)
+
+
+def unlocalized_ekf_run(x0, y, oin, s, inflation, q):
+    """Means of a cycled EKF written here, with the untapered analysis."""
+    x, P = x0, np.broadcast_to(s.var_init * np.eye(s.ne), x0.shape[1:] + (s.ne,) * 2)
+    means = [x]
+    for k in range(1, s.nt + 1):
+        M = rk4_jacobian(s.ne, s.dt, x, s.forcing)
+        x = rk4(s.ne, s.dt, x, s.forcing)
+        P = M @ P @ np.swapaxes(M, -1, -2) + q * np.eye(s.ne)
+        if k % s.nf == 0:
+            x, P = ekf_analysis(x, P, y[..., k // s.nf], oin, s.var_obs)
+            P = inflation**2 * P
+        means.append(x)
+    return np.stack(means, -1)
+
+
+@pytest.mark.parametrize("kind", ["stochastic", "denkf"])
+def test_cycled_ensemble_without_localization_is_unlocalized_run(kind):
+    s = Settings(tmax=0.5)
+    _, x0, y = lorenz_problem(s, L96_OIN, nbatch=2, seed=26)
+    options = {"members": 12, "inflation": 1.05, "q": 0.0}
+    run = ENSEMBLE_RUNNERS[kind]
+    xx = run(
+        x0, y, L96_OIN, s, np.random.default_rng(27), localization=np.inf, **options
+    )
+    expected = unlocalized_ensemble_run(
+        kind, x0, y, L96_OIN, s, np.random.default_rng(27), 12, 1.05
+    )
+    np.testing.assert_array_equal(xx, expected)
+
+
+def test_cycled_ekf_without_localization_is_unlocalized_run():
+    s = Settings(tmax=0.5)
+    _, x0, y = lorenz_problem(s, L96_OIN, nbatch=2, seed=28)
+    xx = run_ekf(x0, y, L96_OIN, s, inflation=0.9, q=1e-3, localization=np.inf)
+    expected = unlocalized_ekf_run(x0, y, L96_OIN, s, 0.9, 1e-3)
+    np.testing.assert_array_equal(xx, expected)
+
+
 # %% Cycled filters on a linear Gaussian model
 
 
@@ -230,7 +438,7 @@ def test_batched_analyses_equal_one_at_a_time():
 def test_ekf_on_linear_model_equals_kalman_filter(inflation, q):
     x0, y = linear_problem(nbatch=2)
     options = {"inflation": inflation, "q": q, "model": linear_model(M_LINEAR)}
-    xx = run_ekf(x0, y, LINEAR_OIN, LINEAR, **options)
+    xx = run_ekf(x0, y, LINEAR_OIN, LINEAR, localization=np.inf, **options)
     for b in range(2):
         expected = kalman_filter(x0[:, b], y[:, b], q, inflation)
         np.testing.assert_allclose(xx[:, b], expected, rtol=1e-10, atol=1e-12)
@@ -240,7 +448,7 @@ def test_ekf_on_linear_model_equals_kalman_filter(inflation, q):
 def test_large_ensemble_on_linear_model_follows_kalman_filter(kind):
     x0, y = linear_problem(nbatch=2)
     N = 20000
-    options = {"members": N, "inflation": 1.0, "q": LINEAR_Q}
+    options = {"members": N, "inflation": 1.0, "q": LINEAR_Q, "localization": np.inf}
     rng = np.random.default_rng(8)
     run = ENSEMBLE_RUNNERS[kind]
     xx = run(x0, y, LINEAR_OIN, LINEAR, rng, model=linear_model(M_LINEAR), **options)
@@ -350,6 +558,18 @@ def bad_calls():
         "kind": (lambda: run_enkf(x0, y, oin, s, rng, kind="etkf"), "kind must"),
         "ekf inflation": (lambda: run_ekf(x0, y, oin, s, inflation=-0.5), "inflation"),
         "ekf q": (lambda: run_ekf(x0, y, oin, s, q=-1.0), "q must not"),
+        "radius 0": (
+            lambda: run_enkf(x0, y, oin, s, rng, localization=0.0),
+            "radius must be positive",
+        ),
+        "radius nan": (
+            lambda: run_denkf(x0, y, oin, s, rng, localization=np.nan),
+            "radius must be positive",
+        ),
+        "ekf radius": (
+            lambda: run_ekf(x0, y, oin, s, localization=-2.0),
+            "radius must be positive",
+        ),
         "gain": (lambda: run_nudging(x0, y1, o1, s, gain=-0.1), "gain"),
         "y shape": (lambda: run_free(x0, y1[:, :, :-1], o1, s), "y must have shape"),
         "x0 shape": (lambda: run_free(x0[:-1], y, oin, s), "x0 must have shape"),
@@ -371,8 +591,15 @@ def test_run_baselines_gives_nan_for_truths_that_blow_up():
     x0 = np.stack([np.zeros(4), np.ones(4)], 1)
     y, oin = np.zeros((0, 2, s.nb + 1)), np.array([], dtype=int)
     model = linear_model(2.5 * np.eye(4))
-    with pytest.warns(UserWarning, match="blew up on 1 of 2 truths"):
-        out = run_baselines(x0, y, oin, s, np.random.default_rng(17), model=model)
+    off = {"localization": np.inf}  # the default radii exceed ne/4 = 1 and warn
+    options = {"EnKF": off, "DEnKF": off, "EKF": off}
+    with pytest.warns(UserWarning) as caught:
+        out = run_baselines(x0, y, oin, s, np.random.default_rng(17), options, model)
+    messages = [str(w.message) for w in caught]
     for name in BASELINES:
         assert np.all(np.isfinite(out[name][:, 0])), name
         assert np.all(np.isnan(out[name][:, 1])), name
+        assert f"{name} blew up on 1 of 2 truths; their trajectories are NaN" in (
+            messages
+        ), name
+    assert len(messages) == len(BASELINES)

@@ -135,7 +135,9 @@ def test_a_blow_up_gives_nan_for_that_truth_only():
         return np.repeat(x0[..., None], SMALL.nt + 1, -1)
 
     x0[0] = [7.0, 9.0, 7.5, 9.5]
-    with pytest.warns(UserWarning, match="blew up on 2 of 4 truths"):
+    with pytest.warns(
+        UserWarning, match="blew up on 2 of 4 truths; their trajectories are NaN"
+    ):
         result = each_or_nan(run, x0, y, SMALL.nt, "test")
     assert np.isnan(result[:, [1, 3]]).all()
     assert np.array_equal(result[:, [0, 2], 0], x0[:, [0, 2]])
