@@ -7,7 +7,7 @@ generation settings as ``setting_*`` numbers (``np.load`` needs no pickle). Plot
 the truth and of three variables go to ``results/lorenz96_bilstm_gru_sparse/``.
 
 Run: ``python lorenz96_bilstm_gru_sparse.py`` (``--help`` lists every setting).
-At the defaults it prints a free-run RMSE of about 6 and an EnKF RMSE well below 1.
+At the defaults (seed 42) it prints a free-run RMSE of 5.39 and an EnKF RMSE of 0.28.
 """
 
 import time
