@@ -854,7 +854,7 @@ def print_table(rows, title=""):
     print(f"\n{title}")
     print(
         ("me  " if lead else "")
-        + f"{'method':<26}{'evaluation':<16}{'RMSE':>17}{'RMSE 2nd half':>17}"
+        + f"{'method':<28}{'evaluation':<16}{'RMSE':>17}{'RMSE 2nd half':>17}"
         f"{'MAE':>17}{'R2':>17}"
     )
     for row in rows:
@@ -862,7 +862,7 @@ def print_table(rows, title=""):
             f"{cell(row, name):>17}" for name in ("RMSE", "RMSE 2nd half", "MAE", "R2")
         )
         me = f"{row['me']:<4}" if lead else ""
-        print(f"{me}{row['method']:<26}{row['evaluation']:<16}{cells}{note(row)}")
+        print(f"{me}{row['method']:<28}{row['evaluation']:<16}{cells}{note(row)}")
 
 
 # %% Experiment steps shared by the scripts
