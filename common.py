@@ -1172,16 +1172,24 @@ def plot_fields(path, t, evaluation, run, picks):
     ne = evaluation.utrue.shape[0]
     for row, b in zip(axes, picks):
         truth, estimate = evaluation.utrue[:, b], run[:, b]
+        low, high = truth.min(), truth.max()
+        reach = (high - low) / 2
         panels = [
-            ("truth", truth),
-            ("assimilation", estimate),
-            ("error", estimate - truth),
+            ("truth", truth, low, high),
+            ("assimilation", estimate, low, high),
+            ("error", estimate - truth, -reach, reach),
         ]
-        for ax, (name, field) in zip(row, panels):
+        for ax, (name, field, vmin, vmax) in zip(row, panels):
             image = ax.pcolormesh(
-                t, np.arange(ne), field, cmap="RdBu_r", shading="auto"
+                t,
+                np.arange(ne),
+                field,
+                cmap="RdBu_r",
+                shading="auto",
+                vmin=vmin,
+                vmax=vmax,
             )
-            fig.colorbar(image, ax=ax)
+            fig.colorbar(image, ax=ax, extend="both")
             ax.set_title(f"{name}: {_truth_name(evaluation, b)}", fontsize=9)
             ax.set_xlabel("t")
             ax.set_ylabel("variable")
