@@ -11,7 +11,8 @@ Symbols used in the data-assimilation code:
 - ``oin``: indices of the ``me`` observed variables (the observation operator H picks
   them); ``y``: observed values (me, ...); ``r``: observation-error variance.
 - ``E``: ensemble (ne, ..., N) with members on the last axis; ``A``: its anomalies
-  E - mean; ``P``: a covariance (ne, ne); ``K``: a gain (ne, me).
+  E - mean; ``P``: a covariance (..., ne, ne); ``K``: a gain (..., ne, me), with the
+  batch axes first in the matrices; ``rho``: a localization taper.
 - ``rho``: a localization taper multiplied entry by entry (Schur product) into a
   covariance; ``rho_xy`` (ne, me) for P H^T, ``rho_yy`` (me, me) for H P H^T.
 """
