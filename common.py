@@ -236,7 +236,9 @@ def parse_config(script_globals, argv=None):
         prog=f"{script}.py",
         description=(script_globals.get("__doc__") or "").split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
     )
+    comments = _trailing_comments(script_globals["__file__"])
     options = {f.name.upper(): f.default for f in fields(Settings)}
     options.update(
         (name, value)
@@ -245,16 +247,27 @@ def parse_config(script_globals, argv=None):
     )
     for name, value in options.items():
         flag = "--" + name.lower().replace("_", "-")
+        text = comments.get(name, "")
+        if name.lower() in CHOICES:
+            text += f" (one of: {', '.join(CHOICES[name.lower()])})"
         if isinstance(value, bool):
             parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=value
+                flag, action=argparse.BooleanOptionalAction, default=value, help=text
             )
             continue
         kind, nargs = _option_type(value)
-        parser.add_argument(flag, type=kind, nargs=nargs, default=value, metavar=name)
-    parser.add_argument("--data", default=script_globals.get("DATA", DATA_FILE))
-    parser.add_argument("--out", default=os.path.join("results", script))
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
+        parser.add_argument(
+            flag, type=kind, nargs=nargs, default=value, metavar=name, help=text
+        )
+    parser.add_argument(
+        "--data", default=script_globals.get("DATA", DATA_FILE), help="data file"
+    )
+    parser.add_argument(
+        "--out", default=os.path.join("results", script), help="results folder"
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="hide Keras's line per training epoch"
+    )
     config = parser.parse_args(argv)
     _check_choices(config)
     config.script = script
@@ -273,6 +286,9 @@ CHOICES = {
 }
 
 
+METRICS = ("mae", "mse", "mape", "root_mean_squared_error")
+
+
 def _check_choices(config):
     """Raise a UserError for a hyperparameter outside its allowed values."""
     for name, allowed in CHOICES.items():
@@ -286,11 +302,34 @@ def _check_choices(config):
     for name in ("n_test", "patience"):
         if getattr(config, name, 0) < 0:
             raise UserError(f"{name} must not be negative, got {getattr(config, name)}")
+    if getattr(config, "seed", 0) < 0:
+        raise UserError(f"seed must not be negative, got {config.seed}")
+    units = getattr(config, "units", (1, 1, 1))
+    if len(units) != 3 or min(units) < 1:
+        raise UserError(f"units must be three positive widths, got {list(units)}")
+    metric = getattr(config, "metric", "mae")
+    if metric not in METRICS:
+        raise UserError(f"metric must be one of {METRICS}, got '{metric}'")
+    folder = os.path.dirname(os.path.abspath(getattr(config, "data", ".")))
+    if not os.path.isdir(folder):
+        raise UserError(f"the folder of the data file, {folder}, does not exist")
     spread = getattr(config, "prior_spread", (1, 1))
     if len(spread) != 2 or not 0 < spread[0] <= spread[1]:
         raise UserError(
             f"prior_spread must be two numbers 0 < low <= high, got {spread}"
         )
+
+
+def _trailing_comments(path):
+    """NAME -> its trailing comment, for the UPPER_CASE assignments of a file."""
+    comments = {}
+    for source in (path, __file__):
+        with open(source) as stream:
+            for line in stream:
+                name, _, rest = line.partition(" = ")
+                if name.isupper() and name.isidentifier() and "  # " in rest:
+                    comments.setdefault(name, rest.split("  # ", 1)[1].strip())
+    return comments
 
 
 def echo_config(config):
@@ -348,16 +387,23 @@ def save_npz(path, **arrays):
 def load_data(path, settings):
     """Load and validate the generator's file against the script's settings."""
     generator = "python lorenz96_bilstm_gru_sparse.py"
+    if os.path.isdir(path):
+        raise UserError(f"--data {path} is a folder, not a data file")
     if not os.path.isfile(path):
         raise UserError(f"data file {path} not found; run `{generator}` first")
     try:
         with np.load(path, allow_pickle=False) as archive:
             data = {key: archive[key] for key in archive.files}
     except Exception as error:
-        raise UserError(f"cannot read data file {path}: {error}") from None
+        reason = "not an .npz archive" if "pickle" in str(error) else str(error)
+        raise UserError(f"cannot read data file {path}: {reason}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"cannot read data file {path}: not an .npz archive")
     for key in ("utrue", "uobs", "uwe"):
         if key not in data:
             raise UserError(f"data file {path} has no '{key}'; run `{generator}`")
+        if not np.issubdtype(data[key].dtype, np.number):
+            raise UserError(f"data file {path}: '{key}' does not hold numbers")
         if not np.all(np.isfinite(data[key])):
             raise UserError(f"data file {path}: '{key}' holds NaN or infinite values")
     _check_recorded_settings(path, data, settings)
@@ -1070,7 +1116,8 @@ def observation_study(config, data, rng, out, trainings):
             )
             networks[name], csv_names[stem] = (corrector, "feedback"), name
         runs = assimilate_all(run, evaluation, oin, networks)
-        rows = write_results(folder, run, evaluation, runs, histories, oin, csv_names)
+        shown = argparse.Namespace(**{**vars(config), "me": me})
+        rows = write_results(folder, shown, evaluation, runs, histories, oin, csv_names)
         summary += [{"me": me, **row} for row in rows]
     write_metrics(os.path.join(out, "summary.csv"), summary)
     plot_rmse_against_me(os.path.join(out, "rmse_vs_me.png"), summary)
@@ -1155,11 +1202,11 @@ def plot_series(path, t, tobs, evaluation, runs, oin, networks):
         if i in oin:
             ax.plot(tobs, evaluation.uobs[i, 0], "ro", ms=2, label="observations")
         ax.plot(t, evaluation.utrue[i, 0], "k", lw=1.5, label="truth")
-        ax.plot(t, runs["free run"][i, 0], "b--", lw=1, label="free run")
-        for name in networks:
-            ax.plot(t, runs[name][i, 0], lw=1, label=name)
+        ax.plot(t, runs["free run"][i, 0], "--", color="0.5", lw=1, label="free run")
+        for colour, name in enumerate(networks, start=1):
+            ax.plot(t, runs[name][i, 0], color=f"C{colour}", lw=1, label=name)
         ax.set_ylabel(f"u{i}" + (" (observed)" if i in oin else ""))
-    axes[0].legend(ncol=4, fontsize=8, loc="upper right")
+    axes[0].legend(ncol=5, fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.02))
     axes[-1].set_xlabel("t")
     _save(fig, path)
 
@@ -1219,8 +1266,8 @@ def plot_loss(path, histories):
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, history in histories.items():
         for key, style in (("loss", "-"), ("val_loss", "--")):
-            ax.semilogy(history[key], style, label=f"{name} {key}")
-    ax.set_xlabel("epoch")
+            ax.semilogy(history[key], style, marker=".", label=f"{name} {key}")
+    ax.set(xlabel="epoch", ylabel="loss")
     ax.legend(fontsize=8)
     _save(fig, path)
 
@@ -1249,6 +1296,7 @@ def plot_rmse_against_me(path, rows):
     counts = sorted({row["me"] for row in rows})
     ax.set(xlabel="observed variables me", ylabel="RMSE", xscale="log", yscale="log")
     ax.set_xticks(counts, [str(me) for me in counts])
+    ax.minorticks_off()
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     _save(fig, path)
 

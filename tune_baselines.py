@@ -32,6 +32,7 @@ Run it from the repository root:  python tune_baselines.py  (about 3.5 minutes o
 cores).
 """
 
+import argparse
 import itertools
 import time
 import warnings
@@ -149,6 +150,10 @@ def check_defaults(s, me, seed):
 
 
 def main():
+    argparse.ArgumentParser(
+        description=__doc__.split("\n")[0] + " (about 3.5 minutes on 2 cores; its "
+        "settings are the UPPER_CASE constants at the top of the file)"
+    ).parse_args()
     s = Settings(ne=40, dt=0.005, tmax=10.0, forcing=10.0, nf=10, var_obs=1e-2)
     oin = observation_indices(s.ne, ME)
     print(f"ne={s.ne} F={s.forcing} dt={s.dt} tmax={s.tmax} nf={s.nf} me={ME}", end=" ")

@@ -33,6 +33,8 @@ def assert_clean_failure(result, folder, *words):
         (["--npe", "1"], ["npe", "at least 2", "EnKF"]),
         (["--dt", "0.1"], ["blew up at step"]),
         (["--uwe-dtype", "int8"], ["uwe_dtype"]),
+        (["--seed", "-1"], ["seed"]),
+        (["--data", "nowhere/x.npz"], ["nowhere", "does not exist"]),
     ],
 )
 def test_generator_rejects(tmp_path, args, words):
@@ -74,6 +76,18 @@ def test_nan_in_the_data(tiny_data, tmp_path):
     assert_clean_failure(result, tmp_path, "utrue", "NaN")
 
 
+def test_data_that_are_not_numbers(tiny_data, tmp_path):
+    copy_with(tiny_data, tmp_path, uobs=np.array(["a", "b"]))
+    result = run_script(EXPERIMENT, *TINY, "--data", "input.npz", cwd=tmp_path)
+    assert_clean_failure(result, tmp_path, "uobs", "numbers")
+
+
+def test_data_path_is_a_folder(tmp_path):
+    (tmp_path / "folder").mkdir()
+    result = run_script(EXPERIMENT, *TINY, "--data", "folder", cwd=tmp_path)
+    assert_clean_failure(result, tmp_path, "folder", "not a data file")
+
+
 def test_wrong_shape_in_the_data(tiny_data, tmp_path):
     with np.load(tiny_data / "lstm_data_sparse.npz") as data:
         uobs = data["uobs"][:, :-1]
@@ -89,6 +103,9 @@ def test_wrong_shape_in_the_data(tiny_data, tmp_path):
         (EXPERIMENT, ["--training", "magic"], ["training", "magic"]),
         (EXPERIMENT, ["--epochs", "0"], ["epochs"]),
         (EXPERIMENT, ["--n-test", "-1"], ["n_test"]),
+        (EXPERIMENT, ["--units", "80", "80"], ["units"]),
+        (EXPERIMENT, ["--units", "0", "80", "80"], ["units"]),
+        (EXPERIMENT, ["--metric", "foo"], ["metric", "foo"]),
         (EXPERIMENT, ["--prior-spread", "1", "0.1"], ["prior_spread"]),
         ("da_bilstm_gru_5_sparse.py", ["--me-list", "4", "99"], ["me", "99"]),
         ("compare_methods.py", ["--trainings", "magic"], ["trainings", "magic"]),
