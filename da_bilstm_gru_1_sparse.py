@@ -12,7 +12,10 @@ Writes into ``results/da_bilstm_gru_1_sparse/``: ``model_bilstm_gru.h5``,
 (one row per method and evaluation set), ``config.json`` and PNG plots.
 
 Run: ``python lorenz96_bilstm_gru_sparse.py`` then ``python da_bilstm_gru_1_sparse.py``
-(``--help`` lists every hyperparameter; e.g. ``--epochs 5 --me 3``).
+(``--help`` lists every hyperparameter; e.g. ``--epochs 5 --me 3``). At the defaults
+(seed 42, 2 CPU cores, about 4 minutes) the BiLSTM-GRU run has RMSE 0.89 on the
+training truth and 9.4 ± 0.6 on the unseen truths, against 5.2 and 5.4 ± 0.1 for the
+free run: the network recalls its training trajectory and does not carry over.
 """
 
 import common
