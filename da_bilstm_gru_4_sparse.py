@@ -12,7 +12,9 @@ baselines), ``data_{me}.npz`` (t, tobs, meshgrids, utrue, uobs, uw, ulstm1, ulst
 oin), ``config.json`` and plots.
 
 Run: ``python lorenz96_bilstm_gru_sparse.py`` then ``python da_bilstm_gru_4_sparse.py``
-(``--help`` lists every hyperparameter).
+(``--help`` lists every hyperparameter). At the defaults (seed 42, about 5 minutes on
+2 CPU cores) V1 has RMSE 0.89 on the training truth and 9.4 ± 0.6 on the unseen
+truths, V2 4.9 and 5.7 ± 0.1 (the free run: 5.2 and 5.4 ± 0.1).
 """
 
 import numpy as np
