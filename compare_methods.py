@@ -16,7 +16,7 @@ Run (reduced, a few minutes on 2 cores):
     python lorenz96_bilstm_gru_sparse.py --npe 50 --data small.npz
     python compare_methods.py --data small.npz --me-list 4 20 --epochs 10 \\
         --train-truths 50 --n-test 3
-Full size (about 1 hour on 2 cores: 2 x len(ME_LIST) trainings of 100 epochs):
+Full size (about 35 minutes on 2 cores: 2 x len(ME_LIST) trainings of 100 epochs):
     python lorenz96_bilstm_gru_sparse.py && python compare_methods.py
 At the defaults (seed 42) the unseen-truth RMSE at me = 4 is 9.4 for the
 same-trajectory network, 4.4 for the many-truths one, 1.1 for the EnKF and 5.4 for
