@@ -79,6 +79,11 @@ class Settings:
     def nb(self) -> int:
         return self.nt // self.nf
 
+    def times(self):
+        """Model times t (nt+1,) and observation times tobs (nb+1,)."""
+        t = np.arange(self.nt + 1) * self.dt
+        return t, t[:: self.nf][: self.nb + 1]
+
     def validate(self) -> Settings:
         if self.ne < 4:
             raise UserError(f"ne must be at least 4 for Lorenz-96, got {self.ne}")
@@ -109,12 +114,6 @@ def rk4(ne, dt, u, forcing):
     k3 = rhs(ne, u + 0.5 * dt * k2, forcing)
     k4 = rhs(ne, u + dt * k3, forcing)
     return u + dt / 6.0 * (k1 + 2.0 * (k2 + k3) + k4)
-
-
-def check_finite(u, step, dt):
-    """Raise a UserError naming the step where the state stopped being finite."""
-    if not np.all(np.abs(u) <= 1e8):
-        raise Diverged(f"the state blew up at step {step} (t={step * dt:.4g})")
 
 
 def first_bad_step(traj, dt, every=1, start=0):
@@ -189,27 +188,28 @@ def observation_indices(ne, me):
     return np.array([freq * i - 1 for i in range(1, me + 1)])
 
 
-def cycle(x0, nt, nf, step, analyse, record, dt=1.0):
-    """Run a cycled forecast-analysis loop and return the recorded trajectory.
+def cycle(x0, settings, step, analyse, record):
+    """Run a cycled forecast-analysis loop over the steps of ``settings``.
 
     ``step(x)`` advances the carried state by one time step, ``analyse(x, j)``
     corrects it with observation j at step j * nf (steps nf, 2 nf, ...), and
     ``record(x)`` returns the array to keep at each step, shape (ne, ...). The
-    result has time on a new last axis (nt+1 entries).
+    result has time on a new last axis (nt+1 entries); a blow-up is looked for at
+    every analysis and at the last step.
     """
-    x = x0
+    s, x = settings, x0
     first = record(x)
-    out = np.empty(first.shape + (nt + 1,))
+    out = np.empty(first.shape + (s.nt + 1,))
     out[..., 0] = first
     with np.errstate(over="ignore", invalid="ignore"):
-        for k in range(1, nt + 1):
+        for k in range(1, s.nt + 1):
             x = step(x)
-            if k % nf == 0:
-                x = analyse(x, k // nf)
+            analysed = k % s.nf == 0
+            if analysed:
+                x = analyse(x, k // s.nf)
             out[..., k] = record(x)
-            if k % nf == 0:
-                check_finite(out[..., k], k, dt)
-    check_finite(out[..., -1], nt, dt)
+            if analysed or k == s.nt:
+                first_bad_step(out[..., k : k + 1], s.dt, start=k)
     return out
 
 
@@ -828,7 +828,7 @@ def assimilate_network(corrector, x0, y, settings, lookback, scheme="feedback"):
 
     if scheme not in ("feedback", "copy"):
         raise UserError(f"scheme must be 'feedback' or 'copy', got {scheme}")
-    return cycle((x0, x0), s.nt, s.nf, step, analyse, lambda st: st[1], s.dt)
+    return cycle((x0, x0), s, step, analyse, lambda st: st[1])
 
 
 # %% Metrics
@@ -1142,8 +1142,7 @@ def write_results(out, config, evaluation, runs, histories, oin, csv_names):
     to its training history. Returns the metric rows.
     """
     s = config.settings
-    t = np.arange(s.nt + 1) * s.dt
-    tobs = t[:: s.nf][: s.nb + 1]
+    t, tobs = s.times()
     state = [f"u{i}" for i in range(s.ne)]
     write_csv(os.path.join(out, "t.csv"), t, ["t"])
     write_csv(os.path.join(out, "tobs.csv"), tobs, ["t"])
@@ -1317,8 +1316,7 @@ def _save(fig, path):
 def plot_generator(out, settings, utrue, uobs, runs, oin):
     """The generator's plots: the truth's space-time field and three variables."""
     s = settings
-    t = np.arange(s.nt + 1) * s.dt
-    tobs = t[:: s.nf][: s.nb + 1]
+    t, tobs = s.times()
     evaluation = Evaluation(utrue[:, None], uobs[:, None], utrue[:, :1], ["truth"])
     batch = {name: run[:, None] for name, run in runs.items()}
     others = [name for name in runs if name != "free run"]
@@ -1552,17 +1550,11 @@ def check_not_negative(**values):
             raise UserError(f"{name} must not be negative, got {value}")
 
 
-def cycle_filter(x0, settings, forecast, analyse, record):
-    """cycle() over the time steps and observation times of settings."""
-    s = settings
-    return cycle(x0, s.nt, s.nf, forecast, analyse, record, s.dt)
-
-
 def run_free(x0, y, oin, settings, rng=None, model=None):
     """Trajectory (ne, *batch, nt+1) of the model from x0 without assimilation."""
     x0, y, oin = check_run_inputs(x0, y, oin, settings)
     step, _ = model or lorenz96_model(settings)
-    return cycle_filter(x0, settings, step, lambda x, j: x, lambda x: x)
+    return cycle(x0, settings, step, lambda x, j: x, lambda x: x)
 
 
 def run_enkf(
@@ -1609,7 +1601,7 @@ def run_enkf(
         return inflate(analysis(E, y[..., j], oin, s.var_obs, rng, rho), inflation)
 
     E0 = initial_ensemble(x0, members, s.var_init, rng)
-    return cycle_filter(E0, settings, forecast, analyse, lambda E: E.mean(-1))
+    return cycle(E0, settings, forecast, analyse, lambda E: E.mean(-1))
 
 
 def run_denkf(
@@ -1669,7 +1661,7 @@ def run_ekf(
         x, P = ekf_analysis(state[0], rho * state[1], y[..., j], oin, s.var_obs)
         return x, inflation**2 * P
 
-    return cycle_filter((x0, P0), settings, forecast, analyse, lambda xP: xP[0])
+    return cycle((x0, P0), settings, forecast, analyse, lambda xP: xP[0])
 
 
 def run_nudging(x0, y, oin, settings, rng=None, gain=NUDGING_GAIN, model=None):
@@ -1687,7 +1679,7 @@ def run_nudging(x0, y, oin, settings, rng=None, gain=NUDGING_GAIN, model=None):
         x[oin] += gain * (y[..., j] - x[oin])
         return x
 
-    return cycle_filter(x0, settings, step, analyse, lambda x: x)
+    return cycle(x0, settings, step, analyse, lambda x: x)
 
 
 BASELINES = {

@@ -40,8 +40,7 @@ SEED = common.SEED
 def save_arrays(out, config, evaluation, runs, oin):
     """data_{me}.npz: the training truth's trajectories with their grids."""
     s = config.settings
-    t = np.arange(s.nt + 1) * s.dt
-    tobs = t[:: s.nf][: s.nb + 1]
+    t, tobs = s.times()
     tmesh, xmesh = np.meshgrid(t, np.arange(s.ne))
     tobsmesh, xobsmesh = np.meshgrid(tobs, np.arange(s.ne))
     trajectories = {
